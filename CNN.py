@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Stage 3: train the from-scratch patch CNN on data/train.pkl and write it to model/.
+
+Writes model/cnn.keras (best checkpoint), model/cnn.onnx (the fast runtime), training_log.csv,
+training_curves.png and cnn.json. A share of the training scenes (--meta-fraction) is kept away from the CNN for
+the meta-network. Uses a GPU when TensorFlow sees one, the CPU otherwise.
+"""
+import argparse
+
+from ensemble.cli_common import run_stage
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
+    p.add_argument("--out", default="model", help="output folder")
+    p.add_argument("--epochs", type=int, default=14, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, default=128, help="patches per batch")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
+    p.add_argument("--patches-per-image", type=int, default=16, help="textured patches drawn from each image")
+    p.add_argument("--no-synthetic-blur", action="store_true",
+                   help="do not add artificially blurred copies of the sharp photos")
+    p.add_argument("--meta-fraction", type=float, default=0.3, help="share of scenes reserved for the meta-network")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    a = p.parse_args(argv)
+    from ensemble.pipeline import train_cnn_stage
+
+    return run_stage(train_cnn_stage, a.train, a.out, a.epochs, a.batch_size, a.lr, a.patches_per_image,
+                     not a.no_synthetic_blur, a.meta_fraction, a.patience, a.seed, 0 if a.quiet else 2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

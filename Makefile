@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: venv test demo pipeline bench clean help
+
+help:           ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[train,test]"
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install everything (pinned by requirements.lock)
+
+test: venv      ## run the test suite
+	$(BIN)/python -m pytest -q
+
+demo: venv      ## build demo/photos from bundled photos plus blurred copies, then scan it with the shipped model
+	$(BIN)/python -m ensemble.demo demo/photos
+	$(BIN)/blur-detect scan demo/photos --recursive --save-maps demo/maps
+
+pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 with time and memory figures
+	@mkdir -p reports
+	/usr/bin/time -v $(BIN)/python load_traindata.py 2> reports/time_load_traindata.txt
+	/usr/bin/time -v $(BIN)/python load_testdata.py 2> reports/time_load_testdata.txt
+	/usr/bin/time -v $(BIN)/python CNN.py 2> reports/time_cnn.txt
+	/usr/bin/time -v $(BIN)/python train.py 2> reports/time_train.txt
+	/usr/bin/time -v $(BIN)/python test.py --json reports/test_report.json 2> reports/time_test.txt
+	@grep -H -E "Elapsed|Maximum resident" reports/time_*.txt
+
+bench: venv     ## run the benchmarks in benchmarks/
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:          ## remove the venv, caches and generated demo/report files (never model/ or data you made)
+	rm -rf $(VENV) demo reports .pytest_cache

@@ -1,0 +1,565 @@
+"""``blur-detect``: the command line (also ``python -m ensemble``).
+
+    blur-detect scan PATH... [--recursive] [--threshold P] [--format table|csv|json|jsonl] [--output FILE]
+                             [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--dry-run]
+                             [--save-maps DIR] [--quiet]
+    blur-detect undo JOURNAL [--quiet]
+
+Exit status: 0 every image was scored (and every move done); 1 some image could not be read, a folder argument
+held no image, a move or a blur-map picture failed, or the model could not be loaded; 2 usage error; 130
+interrupted (Ctrl-C).
+
+Output: stdout carries the report (or nothing when ``--output`` is given). Per-image errors go to stderr, one
+line each (``error: PATH: reason``), as does the progress bar. Lines about moving files go to stdout, except when
+stdout carries csv/json/jsonl, which they would corrupt: then they go to stderr too.
+
+This module is the only place that prints. It imports nothing heavy at module level, so ``--help`` stays
+instant; NumPy, Pillow and ONNX Runtime load when a scan starts, TensorFlow never.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+RECORD_FIELDS = ("path", "label", "blur_probability", "laplacian_var", "width", "height", "error")
+"""The fields of a scan record, in output order (csv header, json keys)."""
+
+FORMATS = ("table", "csv", "json", "jsonl")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subcommand registry
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A ``blur-detect`` subcommand.
+
+    ``add_arguments`` and ``run`` are ``"module:function"`` names, imported only when the parser is built or the
+    command runs: ``add_arguments(parser)`` declares the options, ``run(args) -> int`` does the work and returns
+    the exit status. The module must keep heavy imports inside its functions so ``--help`` stays fast.
+    """
+
+    name: str
+    help: str
+    add_arguments: str
+    run: str
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("scan", "score photos for blur; list, sort or move the blurry ones",
+               "ensemble.cli:add_scan_arguments", "ensemble.cli:run_scan"),
+    Subcommand("undo", "put back the files a scan moved, from its journal",
+               "ensemble.cli:add_undo_arguments", "ensemble.cli:run_undo"),
+    # Planned: Subcommand("serve", ...), Subcommand("cameras", ...) - added by their own modules' authors.
+]
+
+
+def register(command: Subcommand) -> None:
+    """Add (or replace) a subcommand; for ``serve``, ``cameras`` and other commands defined elsewhere."""
+    SUBCOMMANDS[:] = [c for c in SUBCOMMANDS if c.name != command.name] + [command]
+
+
+def _resolve(ref: str) -> Callable:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="blur-detect",
+        description="Find blurry and out-of-focus photos.",
+        epilog="Exit status: 0 all scored, 1 some failures, 2 usage error, 130 interrupted. "
+               "Run 'blur-detect COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        _resolve(command.add_arguments)(sub)
+        sub.set_defaults(_run=command.run, _parser=sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run ``blur-detect`` with ``argv`` (default: the process arguments); returns the exit status."""
+    _robust_streams()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _resolve(args._run)(args)
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one outside the scan loop (which reports its own progress).
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `blur-detect scan ... | head`: the reader left; stop quietly, as cat and grep do.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
+
+
+def _robust_streams() -> None:
+    # File names may not be valid UTF-8 (surrogate escapes) or not encodable in the terminal's charset: print an
+    # escape rather than crash.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _one_line(value: object) -> str:
+    from .scan import one_line
+
+    return one_line(value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scan: arguments
+
+
+def _probability(text: str) -> float:
+    """A threshold: 0.7 or 70%."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (or 0% and 100%)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def add_scan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files (read whatever their name) and folders (their files with an image suffix)")
+    p.add_argument("-r", "--recursive", action="store_true", help="also scan folders inside the folders given")
+    p.add_argument("-t", "--threshold", type=_probability, metavar="P",
+                   help="blur probability (0-1, or a percentage) from which a photo is called blurry "
+                        "(default: the model's, usually 0.5)")
+    p.add_argument("-f", "--format", choices=FORMATS, default="table",
+                   help="table: aligned, blurriest first, with a summary; csv; json (one array); "
+                        "jsonl (one object per line, written as each image is scored) (default: table)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the report to FILE instead of stdout (table/csv/json replace it whole at the end; "
+                        "jsonl is written line by line)")
+    p.add_argument("-j", "--workers", type=_positive_int, metavar="N",
+                   help="images read and scored at once (default: the number of cores)")
+    p.add_argument("--model", metavar="DIR", help="folder holding model/ and final_model/ (default: the shipped model)")
+    sort = p.add_mutually_exclusive_group()
+    sort.add_argument("--move-blurry", metavar="DIR",
+                      help="move the blurry photos into DIR, keeping their paths below the folder scanned; "
+                           "nothing is overwritten, and a journal in DIR lets 'blur-detect undo' put them back")
+    sort.add_argument("--copy-blurry", metavar="DIR", help="the same, but copy instead of moving")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="with --move-blurry/--copy-blurry: print what would be moved and change nothing")
+    p.add_argument("--save-maps", metavar="DIR",
+                   help="write DIR/<name>.blurmap.png per photo: the photo with its per-patch blur map laid over it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per moved file")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scan: report writers
+
+
+def error_record(path: str, reason: str) -> dict:
+    return {"path": path, "label": "error", "blur_probability": None, "laplacian_var": None,
+            "width": None, "height": None, "error": reason}
+
+
+def _clean(record: dict) -> dict:
+    # JSON has no NaN or infinity; a number that is not one is reported as missing.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step, so readers never see half a report and a failed run leaves the
+    old file as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Report:
+    """Collects records and writes them in one format, to stdout or a file."""
+
+    def __init__(self, fmt: str, output: Optional[str], threshold: float):
+        self.fmt, self.output, self.threshold = fmt, output, threshold
+        self.records: list[dict] = []  # small dicts only, and only for the formats written at the end
+        self.counts = {"blurry": 0, "sharp": 0, "error": 0}
+        self._stream = None
+
+    def open(self) -> None:
+        if self.fmt == "jsonl":
+            if self.output:
+                self._stream = open(self.output, "w", encoding="utf-8")
+            else:
+                self._stream = sys.stdout
+
+    def add(self, record: dict) -> None:
+        import json
+
+        self.counts[record["label"]] += 1
+        if self.fmt == "jsonl":
+            self._stream.write(json.dumps(_clean(record)) + "\n")
+            self._stream.flush()  # a reader (or an interrupted run) gets every finished line at once
+        else:
+            self.records.append(record)
+
+    def close(self, order: dict[str, int], interrupted: bool = False) -> None:
+        if self.fmt == "jsonl":
+            if self._stream is not None and self._stream is not sys.stdout:
+                self._stream.close()
+            return
+        # Workers finish out of order; the report lists images in the order they were given.
+        self.records.sort(key=lambda r: order.get(r["path"], 0))
+        text = {"table": self._table, "csv": self._csv, "json": self._json}[self.fmt](interrupted)
+        if self.output:
+            _write_atomically(self.output, text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def summary(self, interrupted: bool = False) -> str:
+        n, c = sum(self.counts.values()), self.counts
+        errors = f"{c['error']} error" + ("" if c["error"] == 1 else "s")
+        line = (f"{n} image{'' if n == 1 else 's'}: {c['blurry']} blurry, {c['sharp']} sharp, {errors} "
+                f"(threshold {_percent(self.threshold)})")
+        return line + (" - interrupted" if interrupted else "")
+
+    def _table(self, interrupted: bool) -> str:
+        scored = sorted((r for r in self.records if r["label"] != "error"), key=lambda r: -r["blur_probability"])
+        failed = [r for r in self.records if r["label"] == "error"]
+        rows = [("BLUR", "LABEL", "LAPVAR", "SIZE", "PATH")]
+        for r in scored:
+            rows.append((f"{100 * r['blur_probability']:.1f}%", r["label"], f"{r['laplacian_var']:.1f}",
+                         f"{r['width']}x{r['height']}", r["path"]))
+        for r in failed:
+            rows.append(("-", "error", "-", "-", f"{r['path']}  ({r['error']})"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = []
+        for row in rows:
+            blur, label, lap, size, path = row
+            lines.append(f"{blur:>{widths[0]}}  {label:<{widths[1]}}  {lap:>{widths[2]}}  {size:>{widths[3]}}  "
+                         f"{path}")
+        lines.append(self.summary(interrupted))
+        return "\n".join(lines) + "\n"
+
+    def _csv(self, interrupted: bool) -> str:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in _clean(r).items()} for r in self.records)
+        return buf.getvalue()
+
+    def _json(self, interrupted: bool) -> str:
+        import json
+
+        return json.dumps([_clean(r) for r in self.records], indent=2) + "\n"
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+class _Progress:
+    """A tqdm bar on stderr when it is a terminal; messages printed through it so they do not tear the bar."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled and total > 1 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            _err(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scan: the command
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
+    from .scan import default_workers, expand_paths, map_names, save_blur_map, scan_paths
+
+    parser: argparse.ArgumentParser = args._parser
+    dest = args.move_blurry or args.copy_blurry
+    if args.dry_run and not dest:
+        parser.error("--dry-run needs --move-blurry or --copy-blurry")
+    for option, folder in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
+                           ("--save-maps", args.save_maps)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            parser.error(f"{option}: {folder} exists and is not a folder")
+    if args.output:
+        if os.path.isdir(args.output):
+            parser.error(f"--output: {args.output} is a folder")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            parser.error(f"--output: folder {os.path.dirname(args.output)} does not exist")
+
+    # Listing is done before the model loads, so that typos are reported at once.
+    inputs, empty = expand_paths(args.paths, args.recursive)
+    for folder in empty:
+        hint = " (use --recursive to look in its sub-folders)" if not args.recursive and _has_subfolders(folder) else ""
+        _err(f"no images found in {folder}{hint}")
+    if not inputs:
+        return EXIT_FAILED
+
+    from .detector import BlurDetector
+
+    try:
+        # One shared detector on single-threaded ONNX sessions: the workers supply the parallelism (see scan.py).
+        detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold)
+        # One tiny prediction now: a model that cannot run fails here in one line, not once per image; it also
+        # takes ONNX Runtime's first-call set-up out of the first image's time.
+        detector.predict_array(_probe_image(), with_map=False)
+    except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
+        where = args.model or "the shipped model"
+        _err(f"error: cannot load the model ({where}): {_one_line(err)}")
+        return EXIT_FAILED
+
+    after = None
+    map_failures: dict[str, str] = {}
+    if args.save_maps:
+        try:
+            os.makedirs(args.save_maps, exist_ok=True)
+        except OSError as err:
+            _err(f"error: cannot create {args.save_maps}: {err.strerror or err}")
+            return EXIT_FAILED
+        names = map_names(item.path for item in inputs)
+
+        def after(scanned) -> None:  # runs in the worker threads, so pictures are drawn in parallel
+            if scanned.result is None:
+                return
+            try:
+                save_blur_map(scanned.path, scanned.result, os.path.join(args.save_maps, names[scanned.path]),
+                              detector.analysis_side)
+            except Exception as err:  # noqa: BLE001 - reported per image by the main thread
+                map_failures[scanned.path] = _one_line(err)
+
+    report = Report(args.format, args.output, detector.threshold)
+    try:
+        report.open()
+    except OSError as err:
+        _err(f"error: cannot write {args.output}: {err.strerror or err}")
+        return EXIT_FAILED
+    order = {item.path: i for i, item in enumerate(inputs)}
+    root_of = {}  # blurry path -> the scan root it came from, for the sort
+    done = 0
+    interrupted = False
+    progress = _Progress(len(inputs), not args.quiet)
+    try:
+        scans = scan_paths(inputs, detector, args.workers or default_workers(), with_map=bool(args.save_maps),
+                           after=after)
+        with closing(scans):
+            for scanned in scans:
+                if scanned.error is not None:
+                    record = error_record(scanned.path, _one_line(scanned.error))
+                    progress.write(f"error: {scanned.path}: {record['error']}")
+                else:
+                    record = scanned.result.record(scanned.path)
+                    if record["label"] == "blurry" and dest:
+                        root_of[scanned.path] = inputs[order[scanned.path]].root
+                    if scanned.path in map_failures:
+                        progress.write(f"error: {scanned.path}: cannot save blur map: {map_failures[scanned.path]}")
+                report.add(record)
+                done += 1
+                progress.update()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+
+    try:
+        report.close(order, interrupted)
+    except OSError as err:
+        _err(f"error: cannot write {args.output}: {err.strerror or err}")
+        return EXIT_FAILED
+    if report.fmt != "table" and not args.quiet and not interrupted and sys.stderr.isatty():
+        _err(report.summary())
+    if interrupted:
+        _err(f"interrupted after {done} image{'' if done == 1 else 's'}" + (": nothing was moved" if dest else ""))
+        return EXIT_INTERRUPTED
+
+    failed = bool(empty) or report.counts["error"] > 0 or bool(map_failures)
+    if dest:
+        # Plan in the order the images were given, so "name (1).jpg" goes to the same file on every run.
+        blurry = sorted(root_of, key=order.__getitem__)
+        info = sys.stderr if (report.fmt != "table" and not args.output) else sys.stdout
+        status = _sort_blurry(blurry, root_of, dest, "copy" if args.copy_blurry else "move", args.dry_run,
+                              args.quiet, info)
+        failed = failed or status != EXIT_OK
+        if status == EXIT_INTERRUPTED:
+            return status
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _probe_image():
+    import numpy as np
+
+    return (np.indices((96, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)  # a checkerboard: one textured patch
+
+
+def _has_subfolders(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(e.is_dir(follow_symlinks=False) for e in it)
+    except OSError:
+        return False
+
+
+def _sort_blurry(paths: list[str], root_of: dict[str, str], dest: str, mode: str, dry_run: bool, quiet: bool,
+                 info) -> int:
+    """Move or copy ``paths`` into ``dest`` with ensemble.sorting; returns an exit status."""
+    from .sorting import SortingError, apply_moves, new_journal_path, plan_moves
+
+    def say(message: str) -> None:
+        print(message, file=info, flush=True)
+
+    verb, past = ("copy", "copied") if mode == "copy" else ("move", "moved")
+    if not paths:
+        say(f"no blurry photos to {verb}")
+        return EXIT_OK
+    plan = plan_moves(paths, dest, base_of=root_of.__getitem__, mode=mode)
+    if len(plan) < len(paths):
+        say(f"{len(paths) - len(plan)} blurry photo(s) already inside {dest}: left where they are")
+    if dry_run:
+        for move in plan:
+            say(f"would {verb} {move.src} -> {move.dst}")
+        say(f"dry run: {len(plan)} file(s) would be {past} to {dest}; nothing was changed")
+        return EXIT_OK
+    if not plan:
+        return EXIT_OK
+
+    journal = new_journal_path(dest)
+    ok = errors = 0
+    status = EXIT_OK
+    try:
+        for outcome in apply_moves(plan, journal):
+            if outcome.ok:
+                ok += 1
+                if not quiet:
+                    say(f"{past} {outcome.src} -> {outcome.dst}")
+            else:
+                errors += 1
+                _err(f"error: {outcome.src}: {outcome.error}")
+    except SortingError as err:
+        _err(f"error: {err}")
+        status = EXIT_FAILED
+    except KeyboardInterrupt:
+        # Every finished move is in the journal already; say how to undo them.
+        _err(f"interrupted after {ok} file(s) {past}")
+        status = EXIT_INTERRUPTED
+    if errors:
+        status = status if status != EXIT_OK else EXIT_FAILED
+    if ok or os.path.exists(journal):
+        say(f"{ok} file(s) {past} to {dest}" + (f", {errors} failed" if errors else ""))
+        if mode == "move":
+            say(f"journal: {journal}")
+            say(f"undo with: blur-detect undo {shlex.quote(journal)}")
+        else:
+            say(f"journal: {journal}")
+    return status
+
+
+# --------------------------------------------------------------------------------------------------------------
+# undo
+
+
+def add_undo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("journal", metavar="JOURNAL", help="the .blur-detect-journal-*.jsonl file a scan wrote")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
+
+
+def run_undo(args: argparse.Namespace) -> int:
+    from .sorting import SortingError, undo
+
+    restored = skipped = failed = 0
+    try:
+        for outcome in undo(args.journal):
+            if not outcome.ok:
+                failed += 1
+                _err(f"error: {outcome.dst}: {outcome.error}")
+            elif outcome.status == "done":
+                restored += 1
+                if not args.quiet:
+                    print(f"restored {outcome.dst} -> {outcome.src}", flush=True)
+            else:
+                skipped += 1
+                if not args.quiet:
+                    print(f"skipped {outcome.dst}: {outcome.note}", flush=True)
+    except SortingError as err:
+        _err(f"error: {err}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err(f"interrupted after {restored} file(s) restored; run the same undo again to finish")
+        return EXIT_INTERRUPTED
+    summary = f"{restored} file(s) restored" + (f", {skipped} skipped" if skipped else "")
+    if failed:
+        print(f"{summary}, {failed} failed; the journal is kept: fix the problems and run undo again", flush=True)
+        return EXIT_FAILED
+    print(summary, flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""BlurDetector: the trained ensemble behind one small object.
+
+    >>> det = BlurDetector.load()              # the shipped model/ and final_model/
+    >>> det.predict_path("photo.jpg").label    # 'sharp' or 'blurry'
+
+Inference runs on ONNX Runtime (no TensorFlow needed); ``runtime="keras"`` runs the .keras files instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .features import LAPVAR_INDEX, batch_features
+from .imageio import Decoded, load_image, resize_to_analysis, to_gray
+from .patches import blur_map
+
+CNN_DIR = "model"
+META_DIR = "final_model"
+
+
+def default_model_root() -> Path:
+    """Folder holding ``model/`` and ``final_model/``: $BLUR_ENSEMBLE_MODELS, the source checkout, or the install."""
+    env = os.environ.get("BLUR_ENSEMBLE_MODELS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, here / "shipped"):
+        if (root / META_DIR / "metadata.json").exists():
+            return root
+    raise FileNotFoundError("no shipped model found: set BLUR_ENSEMBLE_MODELS to a folder with model/ and final_model/")
+
+
+@dataclass(frozen=True)
+class BlurResult:
+    """Verdict on one image.
+
+    ``blur_probability`` is the calibrated P(blurry) in [0, 1]; ``label`` is 'blurry' when it reaches the threshold;
+    ``laplacian_var`` the variance of the Laplacian at the analysis scale (grey levels²); ``width``/``height`` the
+    original size in pixels; ``cnn_probability`` the CNN's own mean patch probability; ``blur_map`` the per-patch
+    probabilities (rows, cols), NaN where a patch is flat.
+    """
+
+    blur_probability: float
+    label: str
+    laplacian_var: float
+    width: int
+    height: int
+    cnn_probability: float
+    blur_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    grid_origin: tuple[int, int] = (0, 0)
+    patch_size: int = 0
+
+    def record(self, path: str | None = None) -> dict:
+        """The scan record: path, label, blur_probability, laplacian_var, width, height, error (None)."""
+        return {
+            "path": path,
+            "label": self.label,
+            "blur_probability": round(self.blur_probability, 6),
+            "laplacian_var": round(self.laplacian_var, 3),
+            "width": self.width,
+            "height": self.height,
+            "error": None,
+        }
+
+
+class BlurDetector:
+    """The CNN + focus-measure ensemble.
+
+    ``cnn`` maps float32 (N, P, P, 1) patches to (N,) blur probabilities; ``meta`` maps float32 (N, F) feature
+    vectors to (N,) calibrated probabilities; ``metadata`` is final_model/metadata.json as a dict.
+    """
+
+    def __init__(self, cnn, meta, metadata: dict, threshold: float | None = None):
+        self.cnn = cnn
+        self.meta = meta
+        self.metadata = metadata
+        self.threshold = float(threshold if threshold is not None else metadata.get("threshold", 0.5))
+        self.analysis_side = int(metadata.get("analysis_side", 640))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, runtime: str = "onnx", threads: int = 0,
+             threshold: float | None = None) -> "BlurDetector":
+        """Load ``path``/model and ``path``/final_model (default: the shipped ones).
+
+        ``runtime``: 'onnx' (fast, no TensorFlow) or 'keras'. ``threads``: ONNX Runtime threads, 0 = all cores.
+        """
+        root = Path(path) if path is not None else default_model_root()
+        meta_file = root / META_DIR / "metadata.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{meta_file} not found: not a model folder")
+        metadata = json.loads(meta_file.read_text())
+        if runtime == "onnx":
+            from .runtime import OnnxModel
+
+            cnn, meta = OnnxModel(root / CNN_DIR / "cnn.onnx", threads), OnnxModel(root / META_DIR / "meta.onnx", threads)
+        elif runtime == "keras":
+            from .runtime import KerasModel, load_keras
+
+            cnn = KerasModel(load_keras(root / CNN_DIR / "cnn.keras"))
+            meta = KerasModel(load_keras(root / META_DIR / "meta.keras"))
+        else:
+            raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")
+        return cls(cnn, meta, metadata, threshold)
+
+    # -- prediction ---------------------------------------------------------------------------------------------
+    def predict_array(self, image: np.ndarray, with_map: bool = True) -> BlurResult:
+        """Score one image array: (H, W) grey or (H, W, 3) RGB, uint8/uint16/float in [0, 1], any resolution."""
+        gray = to_gray(image)
+        h, w = gray.shape
+        return self._predict_gray([resize_to_analysis(gray, self.analysis_side)], [(w, h)], with_map)[0]
+
+    def predict_path(self, path: str | os.PathLike, with_map: bool = True) -> BlurResult:
+        """Score one image file. Raises ImageError with a one-line reason if it cannot be read."""
+        return self.predict_decoded([self.decode(path)], with_map)[0]
+
+    def predict_batch(self, items: Sequence, with_map: bool = False) -> list[BlurResult]:
+        """Score several images (paths or arrays) with one CNN call and one meta-network call."""
+        grays, sizes = [], []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                dec = self.decode(item)
+                grays.append(dec.pixels)
+                sizes.append((dec.width, dec.height))
+            else:
+                gray = to_gray(item)
+                sizes.append((gray.shape[1], gray.shape[0]))
+                grays.append(resize_to_analysis(gray, self.analysis_side))
+        return self._predict_gray(grays, sizes, with_map)
+
+    def predict_proba(self, images: Iterable) -> np.ndarray:
+        """Calibrated P(blurry) for each image (paths or arrays), float (N,)."""
+        return np.array([r.blur_probability for r in self.predict_batch(list(images))])
+
+    def predict(self, images: Iterable) -> np.ndarray:
+        """1 for blurry, 0 for sharp, int (N,)."""
+        return (self.predict_proba(images) >= self.threshold).astype(int)
+
+    def decode(self, path: str | os.PathLike) -> Decoded:
+        """Read a file as grey at this detector's analysis scale (raises ImageError)."""
+        return load_image(path, "L", self.analysis_side)
+
+    def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True) -> list[BlurResult]:
+        """Score images already decoded by :meth:`decode`."""
+        return self._predict_gray([d.pixels for d in decoded], [(d.width, d.height) for d in decoded], with_map)
+
+    def features(self, grays: Sequence[np.ndarray]):
+        """Feature matrix float32 (N, F) of analysis-scale grey images, with each image's grid and patch probs."""
+        return batch_features(grays, self.cnn)
+
+    def _predict_gray(self, grays, sizes, with_map) -> list[BlurResult]:
+        feats, grids, probs = self.features(grays)
+        blur = np.clip(self.meta(feats), 0.0, 1.0)
+        results = []
+        for (w, h), gr, p, prob, f in zip(sizes, grids, probs, blur, feats):
+            results.append(BlurResult(
+                blur_probability=float(prob),
+                label="blurry" if prob >= self.threshold else "sharp",
+                laplacian_var=float(np.expm1(f[LAPVAR_INDEX])),
+                width=int(w), height=int(h),
+                cnn_probability=float(f[0]),
+                blur_map=blur_map(gr, p) if with_map else None,
+                grid_origin=gr.origin, patch_size=gr.size,
+            ))
+        return results

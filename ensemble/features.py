@@ -1,0 +1,75 @@
+"""Per-image feature vectors for the meta-network: CNN patch scores aggregated, plus focus measures.
+
+The CNN is passed in as a plain callable, so the same code serves training (Keras or ONNX) and inference.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .focus import FOCUS_FEATURE_NAMES, focus_features
+from .patches import PatchGrid, extract_patches, scored_patches
+
+PatchScorer = Callable[[np.ndarray], np.ndarray]
+"""float32 (N, P, P, 1) patches in [0, 1] → float32 (N,) blur probabilities."""
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+CNN_FEATURE_NAMES = (
+    "cnn_mean", "cnn_min", *(f"cnn_q{int(q * 100)}" for q in QUANTILES), "cnn_max",
+    "cnn_share_sharp", "cnn_top3_sharp", "textured_share",
+)
+FEATURE_NAMES = CNN_FEATURE_NAMES + FOCUS_FEATURE_NAMES
+LAPVAR_INDEX = FEATURE_NAMES.index("log_lapvar@1x")
+
+
+def patch_inputs(patches: np.ndarray) -> np.ndarray:
+    """uint8 (N, P, P) → float32 (N, P, P, 1) in [0, 1], the CNN's input."""
+    return (patches.astype(np.float32) * (1.0 / 255.0))[..., None]
+
+
+def cnn_summary(probs: np.ndarray, textured: np.ndarray) -> np.ndarray:
+    """Aggregate patch probabilities (N,) into the CNN part of the feature vector, float32 (len(CNN_FEATURE_NAMES),).
+
+    Quantiles and the share of sharp patches let a sharp subject in front of a soft background count as sharp.
+    """
+    p = probs[~np.isnan(probs)]
+    top3 = np.sort(p)[:3]
+    return np.asarray(
+        [p.mean(), p.min(), *np.quantile(p, QUANTILES), p.max(),
+         float((p < 0.5).mean()), float(top3.mean()), float(textured.mean())],
+        dtype=np.float32,
+    )
+
+
+def batch_features(
+    grays: Sequence[np.ndarray], scorer: PatchScorer
+) -> tuple[np.ndarray, list[PatchGrid], list[np.ndarray]]:
+    """Features of analysis-scale grey images with one CNN call for all their patches.
+
+    Returns the float32 (N, len(FEATURE_NAMES)) matrix, each image's PatchGrid and its float32 patch probabilities
+    (NaN for patches not run: see patches.scored_patches).
+    """
+    grids = [extract_patches(g) for g in grays]
+    chosen = [scored_patches(gr) for gr in grids]
+    batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
+    scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros(0, np.float32)
+    probs, start = [], 0
+    for gr, c in zip(grids, chosen):
+        p = np.full(len(gr.patches), np.nan, np.float32)
+        p[c] = scores[start : start + int(c.sum())]
+        start += int(c.sum())
+        probs.append(p)
+    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g)]) for g, gr, p in zip(grays, grids, probs)]
+    return np.asarray(feats, dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES)), grids, probs
+
+
+def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None) -> np.ndarray:
+    """batch_features over many images in chunks of ``batch`` → float32 (N, len(FEATURE_NAMES)).
+
+    ``progress`` optionally wraps the range of chunk starts (for example a tqdm partial).
+    """
+    starts = range(0, len(grays), batch)
+    starts = progress(starts) if progress else starts
+    parts = [batch_features(grays[s : s + batch], scorer)[0] for s in starts]
+    return np.concatenate(parts) if parts else np.zeros((0, len(FEATURE_NAMES)), np.float32)

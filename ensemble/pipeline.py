@@ -1,0 +1,286 @@
+"""The five stages as library functions; each stage script parses its flags and makes one call here.
+
+load_train / load_test → data/*.pkl;  train_cnn_stage → model/;  train_meta_stage → final_model/;
+evaluate_stage → a report (table, JSON, plots). Stages return plain dicts; the scripts print them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import datasets
+from .detector import CNN_DIR, META_DIR, BlurDetector
+from .features import FEATURE_NAMES, feature_matrix
+from .focus import laplacian_variance
+from .imageio import ANALYSIS_SIDE
+from .metrics import best_threshold, classification_report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lazily below; keep its C++ chatter off
+
+
+def _bar(desc: str, progress: bool):
+    return partial(tqdm, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+
+
+def _stats(start: float) -> dict:
+    """Wall time (s) and peak resident memory (MB) of this process so far."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": round(time.time() - start, 1), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def _versions() -> dict:
+    import cv2
+    import sklearn
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+           "scikit-learn": sklearn.__version__}
+    try:
+        import keras
+        import tensorflow as tf
+
+        out.update(tensorflow=tf.__version__, keras=keras.__version__)
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+# -- stages 1 and 2: data ------------------------------------------------------------------------------------------
+def load_split(data: str | Path | None, part: str, out: str | Path, layout: str | None = None,
+               test_fraction: float = 0.2, seed: int = 0, side: int = ANALYSIS_SIDE, workers: int | None = None,
+               progress: bool = True) -> dict:
+    """Load one side ('train' or 'test') of a dataset and write it as a pickle.
+
+    CSV and folder layouts are split by scene (``test_fraction`` of the scenes go to test, fixed ``seed``), so the
+    two sides never share a scene. A CERTH TrainingSet is all 'train' and a CERTH EvaluationSet all 'test'.
+    """
+    start = time.time()
+    root = Path(data) if data else datasets.DEFAULT_DATA
+    if not root.exists():
+        raise datasets.DatasetError(f"dataset not found: {root}")
+    layout = layout or datasets.detect_layout(root)
+    items = datasets.list_items(root, layout)
+    split = None
+    if layout in ("csv", "folders"):
+        train_idx, test_idx = datasets.split_by_scene([it.scene for it in items], test_fraction, seed,
+                                                       labels=[it.label for it in items])
+        chosen = train_idx if part == "train" else test_idx
+        items = [items[i] for i in chosen]
+        split = {"test_fraction": test_fraction, "seed": seed, "scenes": len({it.scene for it in items})}
+    elif (layout == "certh-train") != (part == "train"):
+        raise datasets.DatasetError(f"{root} is a {layout} layout, which cannot serve as {part} data")
+    loaded = datasets.load_dataset(items, side=side, progress=progress, workers=workers)
+    if len(loaded) == 0:
+        raise datasets.DatasetError(f"no readable images in {root}")
+    extra = {"root": str(root), "layout": layout, "part": part, "split": split, "analysis_side": side,
+             "fingerprint": datasets.fingerprint(loaded.meta)}
+    datasets.save_pickle(loaded, out, extra)
+    labels = np.asarray(loaded.labels)
+    return {"stage": f"load {part}", "out": str(out), "layout": layout, "images": len(loaded),
+            "blurry": int(labels.sum()), "sharp": int((labels == 0).sum()), "skipped": loaded.warnings,
+            "sources": sorted({m["source"] for m in loaded.meta}), **_stats(start)}
+
+
+# -- stage 3: the CNN ----------------------------------------------------------------------------------------------
+def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training pickle by scene into (cnn_fit_idx, meta_idx): the meta-network learns on images the CNN
+    never trained on, so it sees the CNN's honest, not its memorised, outputs."""
+    return datasets.split_by_scene([m["scene"] for m in data.meta], fraction, seed + 1, labels=data.labels)
+
+
+def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int = 128,
+                    learning_rate: float = 2e-3, patches_per_image: int = 16, synthetic_blur: bool = True,
+                    meta_fraction: float = 0.3, patience: int = 5, seed: int = 0, verbose: int = 2) -> dict:
+    """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json."""
+    import tensorflow as tf
+
+    from .cnn import sample_patches, train_cnn
+    from .plots import training_curves
+    from .runtime import export_onnx
+
+    start = time.time()
+    out_dir = Path(out_dir)
+    data = datasets.load_pickle(train_pkl)
+    fit_idx, meta_idx = meta_holdout(data, meta_fraction, seed)
+    labels = np.asarray(data.labels)
+    train = sample_patches([data.images[i] for i in fit_idx], labels[fit_idx], patches_per_image, synthetic_blur, seed)
+    val = sample_patches([data.images[i] for i in meta_idx], labels[meta_idx], patches_per_image, False, seed + 1)
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    model = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose)
+    export_onnx(model, out_dir / "cnn.onnx")
+    training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
+    val_scores = model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
+    info = {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "train_fingerprint": datasets.fingerprint(data.meta),
+        "meta_fraction": meta_fraction, "seed": seed,
+        "meta_scenes": sorted({data.meta[i]["scene"] for i in meta_idx}),
+        "images": {"cnn_fit": int(len(fit_idx)), "meta_holdout": int(len(meta_idx))},
+        "patches": {"train": int(len(train.y)), "train_synthetic": int(train.synthetic.sum()), "val": int(len(val.y))},
+        "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                            "patches_per_image": patches_per_image, "synthetic_blur": synthetic_blur,
+                            "patience": patience, "patch_size": int(train.x.shape[1])},
+        "epochs_run": len(json.loads((out_dir / "cnn_history.json").read_text())["loss"]),
+        "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
+        "devices": gpus or ["CPU"], "params": int(model.count_params()),
+    }
+    (out_dir / "cnn.json").write_text(json.dumps(info, indent=1))
+    return {"stage": "CNN", "out": str(out_dir), **{k: info[k] for k in ("images", "patches", "epochs_run",
+            "val_patch_metrics", "devices", "params")}, **_stats(start)}
+
+
+def _xy(patches):
+    return (patches.x[..., None].astype(np.float32) / 255.0, patches.y.astype(np.float32))
+
+
+# -- stage 4: the meta-network -------------------------------------------------------------------------------------
+def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, folds: int = 5,
+                     max_epochs: int = 400, patience: int = 40, hidden: tuple[int, ...] = (32, 16),
+                     dropout: float = 0.2, l2: float = 1e-3, learning_rate: float = 3e-3, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Train the meta-network on the images held out from the CNN; write final_model/meta.keras, meta.onnx and
+    metadata.json (fingerprint, counts, hyper-parameters, validation metrics, thresholds, versions)."""
+    from .meta import fit_meta
+    from .runtime import OnnxModel, export_onnx
+
+    start = time.time()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = datasets.load_pickle(train_pkl)
+    cnn_info = json.loads((model_dir / "cnn.json").read_text())
+    if cnn_info["train_fingerprint"] != datasets.fingerprint(data.meta):
+        raise datasets.DatasetError(f"{train_pkl} is not the data {model_dir}/cnn.json was trained on; rerun CNN.py")
+    meta_scenes = set(cnn_info["meta_scenes"])
+    idx = np.array([i for i, m in enumerate(data.meta) if m["scene"] in meta_scenes])
+    y = np.asarray(data.labels)[idx].astype(int)
+    grays = [data.images[i] for i in idx]
+    cnn = OnnxModel(model_dir / "cnn.onnx")
+    x = feature_matrix(grays, cnn, progress=_bar("features", progress))
+    scenes = [data.meta[i]["scene"] for i in idx]
+    fold_idx = list(datasets.scene_folds(scenes, folds, seed, labels=y))
+    fit = fit_meta(x, y, fold_idx, max_epochs, patience, 64, learning_rate, hidden, dropout, l2, seed)
+    fit.model.save(out_dir / "meta.keras")
+    export_onnx(fit.model, out_dir / "meta.onnx")
+
+    # Baselines for test.py, tuned on training data only.
+    all_lap = np.array([laplacian_variance(g) for g in tqdm(data.images, desc="laplacian", disable=not progress,
+                                                                leave=False)])
+    lap_threshold = best_threshold(all_lap, np.asarray(data.labels), blurry_below=True)
+    cnn_mean = x[:, FEATURE_NAMES.index("cnn_mean")]
+    cnn_threshold = best_threshold(cnn_mean, y)
+    threshold = 0.5
+    val = classification_report(y, fit.oof_probability, fit.oof_probability >= threshold)
+    metadata = {
+        "name": out_dir.name if out_dir.name != META_DIR else "shipped",
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "threshold": threshold,
+        "analysis_side": int(data.info.get("analysis_side", ANALYSIS_SIDE)),
+        "feature_names": list(FEATURE_NAMES),
+        "data": {"train_pkl": str(train_pkl), "fingerprint": cnn_info["train_fingerprint"],
+                 "root": data.info.get("root"), "layout": data.info.get("layout"),
+                 "images": len(data), "blurry": int(np.sum(data.labels)),
+                 "cnn_fit_images": cnn_info["images"]["cnn_fit"], "meta_images": int(len(idx))},
+        "cnn": {k: cnn_info[k] for k in ("hyperparameters", "epochs_run", "val_patch_metrics", "params", "devices")},
+        "meta": {"folds": folds, "max_epochs": max_epochs, "patience": patience, "hidden": list(hidden),
+                 "dropout": dropout, "l2": l2, "learning_rate": learning_rate, "seed": seed,
+                 "epochs": fit.epochs, "fold_epochs": fit.fold_epochs, "calibration_platt": list(fit.calibration)},
+        "baselines": {"laplacian_threshold": lap_threshold, "cnn_threshold": cnn_threshold},
+        "validation_metrics": _round(val),
+        "versions": _versions(),
+    }
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    return {"stage": "train", "out": str(out_dir), "meta_images": int(len(idx)), "epochs": fit.epochs,
+            "calibration": fit.calibration, "validation": metadata["validation_metrics"],
+            "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
+
+
+def _round(report: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}
+
+
+# -- stage 5: evaluation -------------------------------------------------------------------------------------------
+def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, plots_dir: str | Path = "reports",
+                   json_out: str | Path | None = None, threshold: float | None = None, progress: bool = True) -> dict:
+    """Score ``test_pkl`` with the Laplacian baseline, the CNN alone and the ensemble, per source set.
+
+    Thresholds come from training (metadata.json), never from the test data. Saves ROC, confusion-matrix and
+    reliability PNGs per set in ``plots_dir`` and, with ``json_out``, the whole report as JSON.
+    """
+    from . import plots
+
+    start = time.time()
+    data = datasets.load_pickle(test_pkl)
+    detector = BlurDetector.load(model_root, threshold=threshold)
+    base = detector.metadata["baselines"]
+    y_all = np.asarray(data.labels).astype(int)
+    feats = feature_matrix(data.images, detector.cnn, progress=_bar("scoring", progress))
+    ens_all = np.clip(detector.meta(feats), 0, 1)
+    cnn_all = feats[:, FEATURE_NAMES.index("cnn_mean")]
+    lap_all = np.array([laplacian_variance(g) for g in data.images])
+    sources = [m["source"] for m in data.meta]
+    groups = {"all": np.arange(len(y_all))}
+    if len(set(sources)) > 1 and data.info.get("layout") == "certh-eval":
+        groups = {s: np.array([i for i, t in enumerate(sources) if t == s]) for s in sorted(set(sources))}
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    report = {"test_pkl": str(test_pkl), "model": str(model_root or "shipped"), "threshold": detector.threshold,
+              "laplacian_threshold": base["laplacian_threshold"], "cnn_threshold": base["cnn_threshold"], "sets": {}}
+    for name, idx in groups.items():
+        y = y_all[idx]
+        lap, cnn, ens = lap_all[idx], cnn_all[idx], ens_all[idx]
+        # The Laplacian's score is turned into a rank-preserving "probability" only for AUC and ECE.
+        lap_prob = 1.0 / (1.0 + np.exp(np.log1p(lap) - np.log1p(base["laplacian_threshold"])))
+        columns = {
+            "laplacian": classification_report(y, lap_prob, lap < base["laplacian_threshold"]),
+            "cnn": classification_report(y, cnn, cnn >= base["cnn_threshold"]),
+            "ensemble": classification_report(y, ens, ens >= detector.threshold),
+        }
+        tag = name.replace(" ", "_")
+        plots.roc_curves(y, {"Laplacian": lap_prob, "CNN": cnn, "Ensemble": ens}, plots_dir / f"roc_{tag}.png",
+                         f"ROC — {name}")
+        plots.confusion_matrices({k: v["confusion"] for k, v in columns.items()},
+                                 plots_dir / f"confusion_{tag}.png", f"Confusion matrices — {name}")
+        plots.reliability_diagram(y, {"Ensemble": ens, "CNN": cnn}, plots_dir / f"reliability_{tag}.png",
+                                  f"Reliability — {name}")
+        report["sets"][name] = {k: _round(v) for k, v in columns.items()}
+    report.update(_stats(start))
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+ROWS = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("precision (blurry)",
+        "precision_blurry"), ("recall (blurry)", "recall_blurry"), ("ROC AUC", "roc_auc"), ("ECE", "ece"))
+
+
+def format_report(report: dict) -> str:
+    """The evaluation report as a Markdown table per set (three columns: Laplacian, CNN, ensemble)."""
+    lines = []
+    for name, cols in report["sets"].items():
+        n = cols["ensemble"]["n"]
+        lines += [f"### {name} ({n} images)", "",
+                  "| metric | Laplacian threshold | CNN alone | Ensemble |", "|---|---:|---:|---:|"]
+        for label, key in ROWS:
+            lines.append(f"| {label} | " + " | ".join(f"{cols[c][key]:.4f}" for c in ("laplacian", "cnn", "ensemble"))
+                         + " |")
+        conf = [cols[c]["confusion"] for c in ("laplacian", "cnn", "ensemble")]
+        lines.append("| confusion [[TN FP] [FN TP]] | " + " | ".join(f"{c}" for c in conf) + " |")
+        lines.append("")
+    return "\n".join(lines)
+

@@ -1,0 +1,124 @@
+"""Pictures: training curves, ROC, confusion matrix, reliability diagram and blur-map overlays (PNG files)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(log_csv: str | Path, out_png: str | Path, title: str = "CNN training") -> Path:
+    """Loss and accuracy, train against validation, from a Keras CSVLogger file."""
+    plt = _pyplot()
+    rows = list(csv.DictReader(open(log_csv)))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        if key in rows[0]:
+            ax.plot(epochs, [float(r[key]) for r in rows], "o-", label="train")
+        if f"val_{key}" in rows[0]:
+            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def roc_curves(y: np.ndarray, scores: dict[str, np.ndarray], out_png: str | Path, title: str = "ROC") -> Path:
+    """One ROC curve per named score (higher = blurrier), with its AUC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, score in scores.items():
+        fpr, tpr, _ = roc_curve(y, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, score):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate (sharp called blurry)")
+    ax.set_ylabel("true positive rate (blurry found)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def confusion_matrices(confusions: dict[str, list[list[int]]], out_png: str | Path, title: str = "") -> Path:
+    """Side-by-side 2 × 2 confusion matrices (rows: true sharp/blurry, columns: predicted)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(confusions), figsize=(3.6 * len(confusions), 3.4), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], confusions.items()):
+        cm = np.asarray(cm)
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["sharp", "blurry"])
+        ax.set_yticks([0, 1], ["sharp", "blurry"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def reliability_diagram(y: np.ndarray, probs: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
+    """Observed blurry rate against predicted probability in 10 bins, with the diagonal of perfect calibration."""
+    from .metrics import expected_calibration_error, reliability_bins
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for name, prob in probs.items():
+        bins = reliability_bins(y, prob)
+        ax.plot(bins["confidence"], bins["observed"], "o-",
+                label=f"{name} (ECE {expected_calibration_error(y, prob):.3f})")
+    ax.set_xlabel("predicted blur probability")
+    ax.set_ylabel("observed share blurry")
+    ax.set_title(title or "Reliability diagram")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def overlay_blur_map(rgb: np.ndarray, blur_map: np.ndarray, origin: tuple[int, int], patch: int,
+                     alpha: float = 0.45) -> np.ndarray:
+    """The photo with its per-patch blur map laid over it: uint8 (H, W, 3) RGB, red = blurred, green = sharp.
+
+    ``rgb`` is the analysis-scale photo; ``blur_map`` (rows, cols) probabilities, NaN for flat patches (left clear).
+    """
+    import cv2
+
+    out = rgb.astype(np.float32).copy()
+    y0, x0 = origin
+    for (r, c), p in np.ndenumerate(blur_map):
+        if np.isnan(p):
+            continue
+        colour = np.array([255 * p, 255 * (1 - p), 40], np.float32)
+        ys, xs = slice(y0 + r * patch, y0 + (r + 1) * patch), slice(x0 + c * patch, x0 + (c + 1) * patch)
+        out[ys, xs] = (1 - alpha) * out[ys, xs] + alpha * colour
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    for r in range(blur_map.shape[0] + 1):
+        cv2.line(out, (x0, y0 + r * patch), (x0 + blur_map.shape[1] * patch, y0 + r * patch), (255, 255, 255), 1)
+    for c in range(blur_map.shape[1] + 1):
+        cv2.line(out, (x0 + c * patch, y0), (x0 + c * patch, y0 + blur_map.shape[0] * patch), (255, 255, 255), 1)
+    return out

@@ -1,0 +1,576 @@
+"""Move or copy files a scan found blurry into a destination folder, undoably.
+
+Safety rules, in the order they matter:
+
+* Nothing is ever overwritten: targets get ``name (1).jpg`` style names at
+  plan time, and every rename is guarded again right before it happens.
+* A source is only removed after its data exists under the new name, either
+  as the same inode (rename / hard link) or as a copy whose sha256 was checked.
+* Every completed operation is appended to a JSON-lines journal and fsynced at
+  once, so :func:`undo` can put every file back.
+
+The tool never deletes a user's file outright; a copy made in ``"copy"`` mode
+is left in place by :func:`undo`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Iterator, Optional, Union
+
+__all__ = [
+    "MODES",
+    "UNDONE_SUFFIX",
+    "MoveOutcome",
+    "PlannedMove",
+    "SortingError",
+    "apply_moves",
+    "new_journal_path",
+    "plan_moves",
+    "read_journal",
+    "undo",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+MODES = ("move", "copy")
+UNDONE_SUFFIX = ".undone"
+JOURNAL_PREFIX = ".blur-detect-journal-"
+
+_CHUNK = 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
+
+
+class SortingError(Exception):
+    """A sorting operation was refused or its journal is unusable."""
+
+    def __init__(self, message: object) -> None:
+        # Messages carry file names, which may contain newlines; callers print
+        # these as one line.
+        super().__init__(_one_line(message))
+
+
+@dataclass(frozen=True)
+class PlannedMove:
+    """One planned operation; ``src`` and ``dst`` are absolute paths."""
+
+    src: str
+    dst: str
+    mode: str = "move"
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    """Result of one apply or undo step.
+
+    ``op`` is ``"move"``/``"copy"`` from :func:`apply_moves`, and
+    ``"restore"`` (a move put back) or ``"copy"`` (left in place) from
+    :func:`undo`. ``status`` is ``"done"``, ``"skipped"`` or ``"error"``;
+    ``error`` is a one-line message when ``status == "error"``.
+    """
+
+    src: str
+    dst: str
+    op: str
+    status: str
+    error: Optional[str] = None
+    note: Optional[str] = None
+    sha256: Optional[str] = None
+    size: Optional[int] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "error"
+
+
+class _SourceNotRemoved(Exception):
+    """The data reached ``dst`` but ``src`` could not be removed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(_one_line(cause))
+        self.cause = cause
+
+
+class _JournalWriteError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# planning
+
+
+def plan_moves(
+    paths: Iterable[PathLike],
+    dest: PathLike,
+    base_of: Optional[Callable[[PathLike], PathLike]] = None,
+    mode: str = "move",
+) -> list[PlannedMove]:
+    """Plan where each file goes inside ``dest``, without touching the disk.
+
+    ``base_of(path)`` names the scan root a path came from; the sub-path below
+    it is kept. Without it every file lands directly in ``dest``. Existing
+    targets and collisions within the plan get ``name (N).ext``. Sources that
+    already lie inside ``dest`` and repeated sources are skipped.
+    """
+    _check_mode(mode)
+    dest_abs = os.path.abspath(dest)
+    dest_real = os.path.realpath(dest_abs)
+    taken: set[str] = set()
+    seen: set[str] = set()
+    plan: list[PlannedMove] = []
+    for path in paths:
+        src = os.path.abspath(path)
+        # Resolve the directory but not the file itself: a symlink that lives
+        # outside dest is outside dest, whatever it points at.
+        located = os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src))
+        if located in seen or _is_within(located, dest_real):
+            continue
+        seen.add(located)
+        root = base_of(path) if base_of is not None else os.path.dirname(src)
+        rel = _relative_target(src, root)
+        dst = _free_name(os.path.join(dest_abs, rel), taken)
+        taken.add(_collision_key(dst))
+        plan.append(PlannedMove(src=src, dst=dst, mode=mode))
+    return plan
+
+
+def _relative_target(src: str, root: PathLike) -> str:
+    name = os.path.basename(src)
+    root_abs = os.path.abspath(root)
+    for a, b in ((src, root_abs), (os.path.realpath(src), os.path.realpath(root_abs))):
+        try:
+            rel = os.path.relpath(a, b)
+        except ValueError:  # different drives on Windows
+            continue
+        if rel != os.curdir and not os.path.isabs(rel) and rel.split(os.sep)[0] != os.pardir:
+            return rel
+    # A file outside its claimed root must not climb out of dest.
+    return name
+
+
+def _free_name(target: str, taken: set[str]) -> str:
+    def free(p: str) -> bool:
+        return not os.path.lexists(p) and _collision_key(p) not in taken
+
+    if free(target):
+        return target
+    head, name = os.path.split(target)
+    stem, ext = os.path.splitext(name)
+    n = 1
+    while True:
+        candidate = os.path.join(head, f"{stem} ({n}){ext}")
+        if free(candidate):
+            return candidate
+        n += 1
+
+
+def _collision_key(path: str) -> str:
+    # Case-folded so that two planned names cannot collide on a
+    # case-insensitive filesystem (macOS, Windows) either.
+    return path.casefold()
+
+
+def _is_within(path: str, directory: str) -> bool:
+    try:
+        return os.path.commonpath([path, directory]) == directory
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# applying
+
+
+def new_journal_path(dest: PathLike) -> str:
+    """Fresh journal path ``dest/.blur-detect-journal-YYYYmmdd-HHMMSS-<id>.jsonl``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{JOURNAL_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
+    return os.path.join(os.path.abspath(dest), name)
+
+
+def apply_moves(plan: Iterable[PlannedMove], journal_path: PathLike) -> Iterator[MoveOutcome]:
+    """Carry out ``plan``, yielding one :class:`MoveOutcome` per planned move.
+
+    Lazy: work happens while the result is iterated. A failing file gives an
+    ``error`` outcome and the rest go on; a journal that cannot be written
+    raises :class:`SortingError` and stops. The journal is only created once
+    there is something to record.
+    """
+    moves = list(plan)
+    for move in moves:
+        _check_mode(move.mode)
+    return _apply(moves, os.path.abspath(journal_path))
+
+
+def _apply(moves: list[PlannedMove], journal_path: str) -> Iterator[MoveOutcome]:
+    journal = _Journal(journal_path)
+    try:
+        for move in moves:
+            yield _apply_one(move, journal)
+    except _JournalWriteError as exc:
+        raise SortingError(f"cannot write journal {journal_path}: {exc}") from exc
+    finally:
+        journal.close()
+
+
+def _apply_one(move: PlannedMove, journal: "_Journal") -> MoveOutcome:
+    src, dst, op = os.path.abspath(move.src), os.path.abspath(move.dst), move.mode
+    sha = size = None
+    try:
+        # Links and directories are refused: only a regular file's bytes can
+        # be verified and journaled.
+        if not stat.S_ISREG(os.lstat(src).st_mode):
+            raise SortingError(f"not a regular file: {src}")
+        sha, size = _hash_file(src)
+        journal.open()
+        created: list[str] = []
+        try:
+            _makedirs(os.path.dirname(dst), created)
+        finally:
+            for d in created:
+                journal.write({"op": "mkdir", "path": d})
+        if os.path.lexists(dst):
+            raise SortingError(f"destination exists, not overwriting: {dst}")
+        _transfer(src, dst, sha, keep_source=(op == "copy"))
+    except _SourceNotRemoved as exc:
+        # The verified copy exists and the source too: that is a copy.
+        journal.write(_entry("copy", src, dst, sha, size))
+        return MoveOutcome(src, dst, op, "error", f"copied but could not remove source: {exc}", None, sha, size)
+    except (OSError, SortingError) as exc:
+        return MoveOutcome(src, dst, op, "error", _one_line(exc), None, sha, size)
+
+    try:
+        journal.write(_entry(op, src, dst, sha, size))
+    except _JournalWriteError as exc:
+        # An unjournaled move could not be undone: put it back if possible.
+        if op == "move":
+            try:
+                _transfer(dst, src, sha, keep_source=False)
+                note = "the move was rolled back"
+            except Exception:
+                note = f"{src} is now at {dst} and is not in the journal"
+            raise _JournalWriteError(f"{exc}; {note}") from exc
+        raise
+    return MoveOutcome(src, dst, op, "done", None, None, sha, size)
+
+
+def _entry(op: str, src: str, dst: str, sha: Optional[str], size: Optional[int]) -> dict:
+    return {
+        "op": op,
+        "src": src,
+        "dst": dst,
+        "sha256": sha,
+        "size": size,
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+class _Journal:
+    """Append-only JSON-lines file, fsynced after every line."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh = None
+
+    def open(self) -> None:
+        if self._fh is not None:
+            return
+        created: list[str] = []
+        try:
+            _makedirs(os.path.dirname(self.path), created)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise _JournalWriteError(_one_line(exc)) from exc
+        for d in created:
+            self.write({"op": "mkdir", "path": d})
+
+    def write(self, entry: dict) -> None:
+        self.open()
+        try:
+            # ensure_ascii keeps undecodable file names (surrogate escapes)
+            # representable; json.loads gives them back unchanged.
+            self._fh.write(json.dumps(entry, ensure_ascii=True) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise _JournalWriteError(_one_line(exc)) from exc
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# --------------------------------------------------------------------------
+# the actual file operations
+
+
+def _transfer(src: str, dst: str, sha: str, keep_source: bool) -> None:
+    """Move (or copy) ``src`` to ``dst``, never overwriting ``dst``."""
+    if not keep_source:
+        try:
+            _rename_noreplace(src, dst)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    _copy_verified(src, dst, sha)
+    if not keep_source:
+        try:
+            os.unlink(src)
+        except OSError as exc:
+            raise _SourceNotRemoved(exc) from exc
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    try:
+        # link() fails with EEXIST instead of replacing, unlike rename().
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise
+        # No hard links here (FAT, some network shares, protected_hardlinks):
+        # the check leaves a small race, but it is the best stdlib offers.
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "destination exists, not overwriting", dst) from exc
+        os.rename(src, dst)
+        return
+    try:
+        os.unlink(src)
+    except OSError as exc:
+        # Drop the new name again so the file has exactly one place to be.
+        try:
+            os.unlink(dst)
+        except OSError:
+            raise _SourceNotRemoved(exc) from exc
+        raise
+
+
+def _copy_verified(src: str, dst: str, sha: str) -> None:
+    directory = os.path.dirname(dst)
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{uuid.uuid4().hex[:8]}.blur-detect-tmp")
+    with open(src, "rb") as fsrc:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fdst:
+                shutil.copyfileobj(fsrc, fdst, _CHUNK)
+                fdst.flush()
+                os.fsync(fdst.fileno())
+            shutil.copystat(src, tmp)
+            if _hash_file(tmp)[0] != sha:
+                raise SortingError(f"copy verification failed (sha256 mismatch): {dst}")
+            _rename_noreplace(tmp, dst)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+    _fsync_dir(directory)
+
+
+def _makedirs(path: str, created: list[str]) -> None:
+    """Like ``os.makedirs(exist_ok=True)``; appends each directory it made."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.isdir(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+            continue  # someone else made it; not ours to remove later
+        created.append(d)
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _fsync_dir(path: str) -> None:
+    # Makes the new directory entry durable; unsupported on some platforms.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _one_line(obj: object) -> str:
+    return " ".join(str(obj).splitlines())
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+
+
+# --------------------------------------------------------------------------
+# journal reading and undo
+
+
+def read_journal(path: PathLike) -> list[dict]:
+    """Parse and validate a journal; raise :class:`SortingError` naming the bad line."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        raise SortingError(f"journal not found: {path}") from None
+    except OSError as exc:
+        raise SortingError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    entries = []
+    for lineno, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise SortingError(f"malformed journal {path}, line {lineno}: not valid JSON") from None
+        problem = _entry_problem(obj)
+        if problem:
+            raise SortingError(f"malformed journal {path}, line {lineno}: {problem}")
+        entries.append(obj)
+    return entries
+
+
+def _entry_problem(obj: object) -> Optional[str]:
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    op = obj.get("op")
+    if op == "mkdir":
+        return _abs_path_problem(obj, "path")
+    if op not in MODES:
+        return f"unknown op {op!r}"
+    for key in ("src", "dst"):
+        problem = _abs_path_problem(obj, key)
+        if problem:
+            return problem
+    sha = obj.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _HEX):
+        return "'sha256' must be 64 lowercase hex digits"
+    size = obj.get("size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+        return "'size' must be a non-negative integer"
+    try:
+        datetime.fromisoformat(obj.get("time"))
+    except (TypeError, ValueError):
+        return "'time' must be an ISO 8601 timestamp"
+    return None
+
+
+def _abs_path_problem(obj: dict, key: str) -> Optional[str]:
+    value = obj.get(key)
+    if not (isinstance(value, str) and os.path.isabs(value)):
+        return f"{key!r} must be an absolute path"
+    return None
+
+
+def undo(journal_path: PathLike) -> Iterator[MoveOutcome]:
+    """Put moved files back, newest first, yielding one outcome per file entry.
+
+    Each file is verified against the journal's sha256 first and is never
+    written over an existing file; such entries give ``error`` outcomes and
+    the rest go on. Copies are left in place (``skipped``): nothing is ever
+    deleted. Directories the sort created are removed only if now empty.
+    When every entry succeeded the journal is renamed to ``<name>.undone``;
+    otherwise it stays, and undo can be run again once the problems are fixed.
+
+    Raises :class:`SortingError` at once if the journal was already undone
+    or is malformed.
+    """
+    path = os.path.abspath(journal_path)
+    if path.endswith(UNDONE_SUFFIX) or os.path.lexists(path + UNDONE_SUFFIX):
+        raise SortingError(f"journal was already undone: {path}")
+    entries = read_journal(path)
+    return _undo(path, entries)
+
+
+def _undo(path: str, entries: list[dict]) -> Iterator[MoveOutcome]:
+    failed = False
+    for entry in reversed(entries):
+        op = entry["op"]
+        if op == "mkdir":
+            # rmdir only ever removes an empty directory, so this cannot take
+            # anything a user put there since.
+            try:
+                os.rmdir(entry["path"])
+            except OSError:
+                pass
+        elif op == "copy":
+            yield MoveOutcome(entry["src"], entry["dst"], "copy", "skipped", None,
+                              "copy left in place", entry["sha256"], entry["size"])
+        else:
+            outcome = _restore_one(entry)
+            failed = failed or not outcome.ok
+            yield outcome
+    if not failed:
+        try:
+            _rename_noreplace(path, path + UNDONE_SUFFIX)
+        except OSError as exc:
+            raise SortingError(f"files restored, but could not mark journal {path} as undone: {exc}") from exc
+
+
+def _restore_one(entry: dict) -> MoveOutcome:
+    src, dst, sha, size = entry["src"], entry["dst"], entry["sha256"], entry["size"]
+
+    def outcome(status: str, error: Optional[str] = None, note: Optional[str] = None) -> MoveOutcome:
+        return MoveOutcome(src, dst, "restore", status, error, note, sha, size)
+
+    try:
+        if not os.path.lexists(dst):
+            # An earlier, interrupted undo may have put it back already.
+            if _is_regular(src) and _hash_file(src)[0] == sha:
+                return outcome("skipped", note="already restored")
+            raise SortingError(f"file is missing from the destination: {dst}")
+        if not _is_regular(dst):
+            raise SortingError(f"not a regular file: {dst}")
+        if _hash_file(dst)[0] != sha:
+            raise SortingError(f"file changed since it was moved (sha256 mismatch), left in place: {dst}")
+        if os.path.lexists(src):
+            raise SortingError(f"original path is occupied, not overwriting: {src}")
+        _makedirs(os.path.dirname(src), [])
+        _transfer(dst, src, sha, keep_source=False)
+    except _SourceNotRemoved as exc:
+        return outcome("error", f"restored a copy but could not remove {dst}: {exc}")
+    except (OSError, SortingError) as exc:
+        return outcome("error", _one_line(exc))
+    return outcome("done")

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Stage 5: evaluate on data/test.pkl: Laplacian threshold vs CNN alone vs the ensemble.
+
+Prints accuracy, balanced accuracy, precision and recall for blurry, ROC AUC, expected calibration error and the
+confusion matrices, one table per set (CERTH: NaturalBlurSet and DigitalBlurSet apart). Saves ROC,
+confusion-matrix and reliability-diagram PNGs. Thresholds come from training, never from the test data.
+"""
+import argparse
+
+from ensemble.cli_common import run_stage
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--test", default="data/test.pkl", help="test pickle from load_testdata.py")
+    p.add_argument("--models", default=".", help="folder holding model/ and final_model/")
+    p.add_argument("--plots", default="reports", help="folder for the PNG plots")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--threshold", type=float, default=None, help="ensemble threshold (default: metadata.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    from ensemble.pipeline import evaluate_stage, format_report
+
+    return run_stage(evaluate_stage, a.test, a.models, a.plots, a.json, a.threshold, not a.quiet,
+                     formatter=format_report)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""End to end: the five stage scripts on ~40 generated images, one epoch, in a temporary directory."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import REPO_ROOT, make_csv_dataset, make_fake_certh
+
+pytest.importorskip("tensorflow")
+
+
+def stage(script, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / script), *args, "--quiet"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Run stages 1 to 4 once on 40 generated photos (20 scenes: a sharp shot and a blurred one each)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data = make_csv_dataset(tmp / "photos", 40, size=(300, 400))
+    stage("load_traindata.py", "--data", str(data), "--out", "data/train.pkl", "--test-fraction", "0.25", cwd=tmp)
+    stage("load_testdata.py", "--data", str(data), "--out", "data/test.pkl", "--test-fraction", "0.25", cwd=tmp)
+    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--out", "model", cwd=tmp)
+    stage("train.py", "--folds", "2", "--max-epochs", "5", "--patience", "2", cwd=tmp)
+    return tmp
+
+
+def test_stages_write_their_outputs(trained):
+    import pickle
+
+    for f in ("data/train.pkl", "data/test.pkl", "model/cnn.keras", "model/cnn.onnx", "model/training_log.csv",
+              "model/training_curves.png", "final_model/meta.keras", "final_model/meta.onnx",
+              "final_model/metadata.json"):
+        assert (trained / f).exists(), f
+    with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written moments ago by the pipeline
+        train = pickle.load(fh)
+    with open(trained / "data/test.pkl", "rb") as fh:
+        test = pickle.load(fh)
+    train_scenes = {m["scene"] for m in train["meta"]}
+    test_scenes = {m["scene"] for m in test["meta"]}
+    assert train_scenes and test_scenes and not train_scenes & test_scenes
+    assert len(train["meta"]) + len(test["meta"]) == 40
+    meta = json.loads((trained / "final_model/metadata.json").read_text())
+    assert meta["data"]["images"] == len(train["meta"]) and meta["meta"]["folds"] == 2
+
+
+def test_evaluation_table_json_and_plots(trained):
+    out = stage("test.py", "--models", ".", "--json", "reports/report.json", "--plots", "reports", cwd=trained)
+    for row in ("accuracy", "balanced accuracy", "precision (blurry)", "recall (blurry)", "ROC AUC", "ECE",
+                "confusion"):
+        assert row in out
+    assert "Laplacian threshold" in out and "CNN alone" in out and "Ensemble" in out
+    report = json.loads((trained / "reports/report.json").read_text())
+    cols = report["sets"]["all"]
+    assert set(cols) == {"laplacian", "cnn", "ensemble"}
+    assert sum(map(sum, cols["ensemble"]["confusion"])) == cols["ensemble"]["n"]
+    for png in ("roc_all.png", "confusion_all.png", "reliability_all.png"):
+        assert (trained / "reports" / png).stat().st_size > 1000
+
+
+def test_certh_evaluation_reports_each_set(trained):
+    certh = make_fake_certh(trained / "certh", n_per_set=6)
+    stage("load_testdata.py", "--certh", str(certh), "--out", "data/certh.pkl", cwd=trained)
+    stage("test.py", "--test", "data/certh.pkl", "--json", "reports/certh.json", "--plots", "reports/certh",
+          cwd=trained)
+    report = json.loads((trained / "reports/certh.json").read_text())
+    assert set(report["sets"]) == {"NaturalBlurSet", "DigitalBlurSet"}
+
+
+def test_scripts_have_help_with_defaults():
+    for script in ("load_traindata.py", "load_testdata.py", "CNN.py", "train.py", "test.py"):
+        out = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert out.returncode == 0 and "default:" in out.stdout, script
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "load_traindata.py"), "--data", str(tmp_path / "nope")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

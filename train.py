@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Stage 4: train the dense meta-network on CNN patch statistics plus focus measures; write final_model/.
+
+Writes final_model/meta.keras, meta.onnx and metadata.json (data fingerprint and counts, hyper-parameters,
+cross-validated metrics, thresholds, date, library versions). The output probability is Platt-calibrated on
+out-of-fold predictions.
+"""
+import argparse
+
+from ensemble.cli_common import run_stage
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
+    p.add_argument("--model", default="model", help="folder of the trained CNN (from CNN.py)")
+    p.add_argument("--out", default="final_model", help="output folder")
+    p.add_argument("--folds", type=int, default=5, help="scene-grouped cross-validation folds")
+    p.add_argument("--max-epochs", type=int, default=400, help="epoch limit per fold")
+    p.add_argument("--patience", type=int, default=40, help="early-stopping patience in epochs")
+    p.add_argument("--hidden", default="32,16", help="hidden layer widths, comma-separated")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer")
+    p.add_argument("--l2", type=float, default=1e-3, help="L2 weight penalty")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    from ensemble.pipeline import train_meta_stage
+
+    hidden = tuple(int(w) for w in a.hidden.split(",") if w.strip())
+    return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, hidden,
+                     a.dropout, a.l2, a.lr, a.seed, not a.quiet)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
