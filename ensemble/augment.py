@@ -49,10 +49,13 @@ def apply_blur(gray: np.ndarray, kind: str, strength: float, angle_deg: float = 
 
 
 def random_blur(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random, clearly visible blur: defocus radius 2–7, Gaussian sigma 1.5–4 or motion length 6–24 px."""
+    """One random blur, from mild to strong: defocus radius 1.5–6, Gaussian sigma 1–3.5 or motion length 4–20 px.
+
+    Mild blurs matter most: real hand-held shake is often only a few pixels long at the analysis scale.
+    """
     kind = BLUR_KINDS[rng.integers(len(BLUR_KINDS))]
     if kind == "defocus":
-        return apply_blur(gray, kind, rng.uniform(2.0, 7.0))
+        return apply_blur(gray, kind, rng.uniform(1.5, 6.0))
     if kind == "gaussian":
-        return apply_blur(gray, kind, rng.uniform(1.5, 4.0))
-    return apply_blur(gray, kind, rng.uniform(6.0, 24.0), rng.uniform(0.0, 180.0))
+        return apply_blur(gray, kind, rng.uniform(1.0, 3.5))
+    return apply_blur(gray, kind, rng.uniform(4.0, 20.0), rng.uniform(0.0, 180.0))

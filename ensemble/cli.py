@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .fsutil import atomic_write
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 RECORD_FIELDS = ("path", "label", "blur_probability", "laplacian_var", "width", "height", "error")
@@ -203,25 +205,6 @@ def _clean(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step, so readers never see half a report and a failed run leaves the
-    old file as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class Report:
     """Collects records and writes them in one format, to stdout or a file."""
 
@@ -257,7 +240,7 @@ class Report:
         self.records.sort(key=lambda r: order.get(r["path"], 0))
         text = {"table": self._table, "csv": self._csv, "json": self._json}[self.fmt](interrupted)
         if self.output:
-            _write_atomically(self.output, text)
+            atomic_write(self.output, text)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()

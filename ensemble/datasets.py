@@ -27,7 +27,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .fsutil import atomic_write
 from .imageio import ANALYSIS_SIDE, ImageError, is_image_name, load_image
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/blur-photos-640"
@@ -143,16 +143,21 @@ def _child_dir(folder: Path, name: str) -> Path | None:
     return p if p is not None and p.is_dir() else None
 
 
-def _certh_train_dir(root: Path) -> Path | None:
-    """The folder holding the CERTH training class folders, given the dataset, TrainingSet or parent folder."""
+def _certh_candidates(root: Path, set_dir: str) -> list[Path]:
+    """``root`` itself, ``root/set_dir`` and ``root/CERTH_ImageBlurDataset/set_dir``, those that exist."""
     candidates = [root]
-    for sub in ([CERTH_TRAIN_DIR], [CERTH_DIR, CERTH_TRAIN_DIR]):
+    for sub in ([set_dir], [CERTH_DIR, set_dir]):
         p: Path | None = root
         for name in sub:
             p = _child_dir(p, name) if p is not None else None
         if p is not None:
             candidates.append(p)
-    for cand in candidates:
+    return candidates
+
+
+def _certh_train_dir(root: Path) -> Path | None:
+    """The folder holding the CERTH training class folders, given the dataset, TrainingSet or parent folder."""
+    for cand in _certh_candidates(root, CERTH_TRAIN_DIR):
         if any(_child_dir(cand, c) for c in CERTH_TRAIN_CLASSES):
             return cand
     return None
@@ -160,14 +165,7 @@ def _certh_train_dir(root: Path) -> Path | None:
 
 def _certh_eval_dir(root: Path) -> Path | None:
     """The folder holding NaturalBlurSet/DigitalBlurSet and their sheets, given the dataset, EvaluationSet or parent."""
-    candidates = [root]
-    for sub in ([CERTH_EVAL_DIR], [CERTH_DIR, CERTH_EVAL_DIR]):
-        p: Path | None = root
-        for name in sub:
-            p = _child_dir(p, name) if p is not None else None
-        if p is not None:
-            candidates.append(p)
-    for cand in candidates:
+    for cand in _certh_candidates(root, CERTH_EVAL_DIR):
         kids = _children(cand)
         if any(
             (s.lower() in kids and kids[s.lower()].is_dir()) or f"{s.lower()}.xlsx" in kids for s in CERTH_EVAL_SETS
@@ -721,21 +719,7 @@ def save_pickle(data: LoadedData, path: str | os.PathLike, extra: dict | None = 
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=5)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, pickle.dumps(payload, protocol=5))
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:

@@ -21,6 +21,7 @@ from . import datasets
 from .detector import CNN_DIR, META_DIR, BlurDetector
 from .features import FEATURE_NAMES, feature_matrix
 from .focus import laplacian_variance
+from .fsutil import atomic_write
 from .imageio import ANALYSIS_SIDE
 from .metrics import best_threshold, classification_report
 
@@ -139,7 +140,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
         "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
         "devices": gpus or ["CPU"], "params": int(model.count_params()),
     }
-    (out_dir / "cnn.json").write_text(json.dumps(info, indent=1))
+    atomic_write(out_dir / "cnn.json", json.dumps(info, indent=1))
     return {"stage": "CNN", "out": str(out_dir), **{k: info[k] for k in ("images", "patches", "epochs_run",
             "val_patch_metrics", "devices", "params")}, **_stats(start)}
 
@@ -203,7 +204,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
         "validation_metrics": _round(val),
         "versions": _versions(),
     }
-    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    atomic_write(out_dir / "metadata.json", json.dumps(metadata, indent=1))
     return {"stage": "train", "out": str(out_dir), "meta_images": int(len(idx)), "epochs": fit.epochs,
             "calibration": fit.calibration, "validation": metadata["validation_metrics"],
             "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
@@ -261,7 +262,7 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
     report.update(_stats(start))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=1))
+        atomic_write(json_out, json.dumps(report, indent=1))
     return report
 
 
