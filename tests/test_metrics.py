@@ -12,7 +12,7 @@ def test_report_counts_and_rates():
     r = classification_report(y, prob, pred)
     assert r["confusion"] == [[3, 1], [1, 3]]
     assert r["accuracy"] == 0.75 and r["precision_blurry"] == 0.75 and r["recall_blurry"] == 0.75
-    assert r["roc_auc"] == 1.0
+    assert r["roc_auc"] == 15 / 16  # one of the 16 (blurry, sharp) pairs is ranked the wrong way
 
 
 def test_ece_zero_when_calibrated_and_large_when_not():
