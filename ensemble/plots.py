@@ -16,6 +16,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out_png: str | Path, title: str | None = None) -> Path:
+    """Title, lay out, write and close a figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    _pyplot().close(fig)
+    return Path(out_png)
+
+
 def training_curves(log_csv: str | Path, out_png: str | Path, title: str = "CNN training") -> Path:
     """Loss and accuracy, train against validation, from a Keras CSVLogger file."""
     plt = _pyplot()
@@ -31,11 +41,7 @@ def training_curves(log_csv: str | Path, out_png: str | Path, title: str = "CNN 
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png, title)
 
 
 def roc_curves(y: np.ndarray, scores: dict[str, np.ndarray], out_png: str | Path, title: str = "ROC") -> Path:
@@ -52,10 +58,7 @@ def roc_curves(y: np.ndarray, scores: dict[str, np.ndarray], out_png: str | Path
     ax.set_ylabel("true positive rate (blurry found)")
     ax.set_title(title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def confusion_matrices(confusions: dict[str, list[list[int]]], out_png: str | Path, title: str = "") -> Path:
@@ -72,11 +75,7 @@ def confusion_matrices(confusions: dict[str, list[list[int]]], out_png: str | Pa
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(name)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png, title)
 
 
 def reliability_diagram(y: np.ndarray, probs: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
@@ -94,10 +93,7 @@ def reliability_diagram(y: np.ndarray, probs: dict[str, np.ndarray], out_png: st
     ax.set_ylabel("observed share blurry")
     ax.set_title(title or "Reliability diagram")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def overlay_blur_map(rgb: np.ndarray, blur_map: np.ndarray, origin: tuple[int, int], patch: int,
