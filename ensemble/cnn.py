@@ -5,7 +5,6 @@ outputs the probability that the patch is blurred.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,13 +123,13 @@ def train_cnn(
     seed: int = 0,
     verbose: int = 2,
 ):
-    """Fit build_cnn() on ``train``, early-stopped on ``val`` ROC AUC; returns the best Keras model.
+    """Fit build_cnn() on ``train``, early-stopped on ``val`` ROC AUC; returns (best Keras model, epochs run).
 
     AUC rather than loss picks the checkpoint: the meta-network only needs the CNN to rank patches well, and
     the loss on weakly labelled validation patches swings with batch-norm statistics from epoch to epoch.
 
-    Writes to ``out_dir``: ``cnn.keras`` (best checkpoint), ``training_log.csv`` (one row an epoch) and
-    ``cnn_history.json``. Uses a GPU when TensorFlow sees one.
+    Writes to ``out_dir``: ``cnn.keras`` (best checkpoint) and ``training_log.csv`` (one row an epoch). Uses a GPU
+    when TensorFlow sees one.
     """
     import keras
 
@@ -162,5 +161,4 @@ def train_cnn(
         callbacks=callbacks,
         verbose=verbose,
     )
-    (out_dir / "cnn_history.json").write_text(json.dumps(history.history, indent=1))
-    return model
+    return model, len(history.history["loss"])

@@ -122,7 +122,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
     train = sample_patches([data.images[i] for i in fit_idx], labels[fit_idx], patches_per_image, synthetic_blur, seed)
     val = sample_patches([data.images[i] for i in meta_idx], labels[meta_idx], patches_per_image, False, seed + 1)
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    model = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose)
+    model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose)
     export_onnx(model, out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
@@ -136,7 +136,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                             "patches_per_image": patches_per_image, "synthetic_blur": synthetic_blur,
                             "patience": patience, "patch_size": int(train.x.shape[1])},
-        "epochs_run": len(json.loads((out_dir / "cnn_history.json").read_text())["loss"]),
+        "epochs_run": epochs_run,
         "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
         "devices": gpus or ["CPU"], "params": int(model.count_params()),
     }
