@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test demo pipeline bench clean help
+.PHONY: venv browser test demo pipeline bench clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -14,13 +14,21 @@ help:           ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e ".[train,test]"
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[train,serve,cameras,test]"
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install everything (pinned by requirements.lock)
 
-test: venv      ## run the test suite
-	$(BIN)/python -m pytest -q
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):    # Debian's chromium drives the review-page browser test (Playwright uses it as executable_path)
+	command -v apt-get >/dev/null && (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	  || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium))
+
+browser: $(CHROMIUM)  ## install Debian's chromium for the browser test
+
+test: venv browser  ## run the test suite
+	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
 
 demo: venv      ## build demo/photos from bundled photos plus blurred copies, then scan it with the shipped model
 	$(BIN)/python -m ensemble.demo demo/photos

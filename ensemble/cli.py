@@ -61,7 +61,10 @@ SUBCOMMANDS: list[Subcommand] = [
                "ensemble.cli:add_scan_arguments", "ensemble.cli:run_scan"),
     Subcommand("undo", "put back the files a scan moved, from its journal",
                "ensemble.cli:add_undo_arguments", "ensemble.cli:run_undo"),
-    # Planned: Subcommand("serve", ...), Subcommand("cameras", ...) - added by their own modules' authors.
+    Subcommand("serve", "HTTP service: predict, list/activate/train models; review page for a folder (--root)",
+               "ensemble.server.cli:add_arguments", "ensemble.server.cli:run"),
+    Subcommand("cameras", "check IP cameras and streams for focus loss, once or in a watch loop",
+               "ensemble.cameras.cli:add_arguments", "ensemble.cameras.cli:run"),
 ]
 
 

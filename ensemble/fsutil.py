@@ -24,3 +24,24 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class OutsideRootError(ValueError):
+    """A user-supplied path resolves outside the root it must stay in."""
+
+
+def confine(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """Resolve ``relative`` against ``root`` and return it only if it stays inside ``root``.
+
+    Symlinks are followed before the check, so neither ``../`` nor a link that points out of the root escapes.
+    Absolute paths are accepted only when they resolve inside the root too. Raises :class:`OutsideRootError`
+    (a one-line message) otherwise. The returned path is resolved; it need not exist.
+    """
+    base = Path(root).resolve()
+    text = os.fspath(relative)
+    if "\x00" in text:
+        raise OutsideRootError("path contains a NUL byte")
+    target = (base / text).resolve()
+    if target != base and base not in target.parents:
+        raise OutsideRootError(f"{text!r} is outside {base}")
+    return target
