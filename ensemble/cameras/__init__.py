@@ -1,0 +1,1 @@
+"""Camera focus monitor (``blur-detect cameras``)."""

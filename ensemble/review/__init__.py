@@ -1,0 +1,1 @@
+"""Review page: browse verdicts for a folder, override them, apply and undo (served by ``blur-detect serve --root``)."""

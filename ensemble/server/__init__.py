@@ -1,0 +1,1 @@
+"""HTTP service: prediction, model registry and training jobs (``blur-detect serve``)."""
