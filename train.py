@@ -2,8 +2,8 @@
 """Stage 4: train the dense meta-network on CNN patch statistics plus focus measures; write final_model/.
 
 Writes final_model/meta.keras, meta.onnx and metadata.json (data fingerprint and counts, hyper-parameters,
-cross-validated metrics, thresholds, date, library versions). The output probability is Platt-calibrated on
-out-of-fold predictions.
+cross-validated metrics, thresholds, date, library versions). It trains on every training image and is validated
+and Platt-calibrated on out-of-fold predictions for the images held out from the CNN.
 """
 import argparse
 

@@ -60,6 +60,7 @@ def sample_patches(
     per_image: int = 16,
     synthetic_blur: bool = True,
     seed: int = 0,
+    patch_size: int = PATCH_SIZE,
 ) -> PatchSet:
     """Draw up to ``per_image`` textured patches from each grey image, labelled with the image's label.
 
@@ -71,7 +72,7 @@ def sample_patches(
     xs, ys, syn = [], [], []
 
     def take(gray, label, synthetic):
-        grid = extract_patches(gray)
+        grid = extract_patches(gray, patch_size)
         idx = np.flatnonzero(grid.textured)
         if label == 0 and len(idx) > 1:
             detail = np.array([laplacian_variance(grid.patches[i]) for i in idx])
@@ -122,6 +123,7 @@ def train_cnn(
     patience: int = 5,
     seed: int = 0,
     verbose: int = 2,
+    on_epoch=None,
 ):
     """Fit build_cnn() on ``train``, early-stopped on ``val`` ROC AUC; returns (best Keras model, epochs run).
 
@@ -129,7 +131,8 @@ def train_cnn(
     the loss on weakly labelled validation patches swings with batch-norm statistics from epoch to epoch.
 
     Writes to ``out_dir``: ``cnn.keras`` (best checkpoint) and ``training_log.csv`` (one row an epoch). Uses a GPU
-    when TensorFlow sees one.
+    when TensorFlow sees one. ``on_epoch(epoch, logs)``, if given, is called after each epoch (1-based, with the
+    epoch's metrics), for progress reports.
     """
     import keras
 
@@ -153,6 +156,8 @@ def train_cnn(
         keras.callbacks.CSVLogger(out_dir / "training_log.csv"),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     history = model.fit(
         make_dataset(train, batch_size, augment=True, seed=seed),
         validation_data=make_dataset(val, 512, augment=False),

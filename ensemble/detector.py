@@ -17,7 +17,7 @@ import numpy as np
 
 from .features import LAPVAR_INDEX, batch_features
 from .imageio import Decoded, load_image, resize_to_analysis, to_gray
-from .patches import blur_map
+from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
 META_DIR = "final_model"
@@ -81,6 +81,7 @@ class BlurDetector:
         self.metadata = metadata
         self.threshold = float(threshold if threshold is not None else metadata.get("threshold", 0.5))
         self.analysis_side = int(metadata.get("analysis_side", 640))
+        self.patch_size = int(metadata.get("cnn", {}).get("hyperparameters", {}).get("patch_size", PATCH_SIZE))
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, runtime: str = "onnx", threads: int = 0,
@@ -150,7 +151,7 @@ class BlurDetector:
 
     def features(self, grays: Sequence[np.ndarray]):
         """Feature matrix float32 (N, F) of analysis-scale grey images, with each image's grid and patch probs."""
-        return batch_features(grays, self.cnn)
+        return batch_features(grays, self.cnn, self.patch_size)
 
     def _predict_gray(self, grays, sizes, with_map) -> list[BlurResult]:
         feats, grids, probs = self.features(grays)

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .focus import FOCUS_FEATURE_NAMES, focus_features
-from .patches import PatchGrid, extract_patches, scored_patches
+from .patches import PATCH_SIZE, PatchGrid, extract_patches, scored_patches
 
 PatchScorer = Callable[[np.ndarray], np.ndarray]
 """float32 (N, P, P, 1) patches in [0, 1] → float32 (N,) blur probabilities."""
@@ -43,14 +43,16 @@ def cnn_summary(probs: np.ndarray, textured: np.ndarray) -> np.ndarray:
 
 
 def batch_features(
-    grays: Sequence[np.ndarray], scorer: PatchScorer
+    grays: Sequence[np.ndarray], scorer: PatchScorer, patch_size: int = PATCH_SIZE
 ) -> tuple[np.ndarray, list[PatchGrid], list[np.ndarray]]:
     """Features of analysis-scale grey images with one CNN call for all their patches.
+
+    ``patch_size`` must be the side the CNN was trained on (its ``cnn.json`` hyper-parameters).
 
     Returns the float32 (N, len(FEATURE_NAMES)) matrix, each image's PatchGrid and its float32 patch probabilities
     (NaN for patches not run: see patches.scored_patches).
     """
-    grids = [extract_patches(g) for g in grays]
+    grids = [extract_patches(g, patch_size) for g in grays]
     chosen = [scored_patches(gr) for gr in grids]
     batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
     scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros(0, np.float32)
@@ -64,12 +66,13 @@ def batch_features(
     return np.asarray(feats, dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES)), grids, probs
 
 
-def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None) -> np.ndarray:
+def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None,
+                   patch_size: int = PATCH_SIZE) -> np.ndarray:
     """batch_features over many images in chunks of ``batch`` → float32 (N, len(FEATURE_NAMES)).
 
     ``progress`` optionally wraps the range of chunk starts (for example a tqdm partial).
     """
     starts = range(0, len(grays), batch)
     starts = progress(starts) if progress else starts
-    parts = [batch_features(grays[s : s + batch], scorer)[0] for s in starts]
+    parts = [batch_features(grays[s : s + batch], scorer, patch_size)[0] for s in starts]
     return np.concatenate(parts) if parts else np.zeros((0, len(FEATURE_NAMES)), np.float32)

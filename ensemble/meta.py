@@ -93,7 +93,8 @@ def fit_meta(
 
     ``folds`` are (train_idx, val_idx) pairs with scenes kept on one side. Each fold is early-stopped on its
     validation loss; the out-of-fold predictions give the Platt calibration; the final model is trained on all data
-    for the median best epoch count and carries the calibration as its last layer.
+    for the median best epoch count and carries the calibration as its last layer. Rows that are in no fold's
+    validation part only ever train: they get no out-of-fold prediction (NaN) and do not shape the calibration.
     """
     import keras
 
@@ -104,7 +105,7 @@ def fit_meta(
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
         return model
 
-    oof = np.zeros(len(y), dtype=np.float32)
+    oof = np.full(len(y), np.nan, dtype=np.float32)
     fold_epochs = []
     for k, (tr, va) in enumerate(folds):
         keras.utils.set_random_seed(seed + k)
@@ -114,7 +115,8 @@ def fit_meta(
                          batch_size=batch_size, callbacks=[stop], verbose=0)
         fold_epochs.append(int(np.argmin(hist.history["val_loss"])) + 1)
         oof[va] = model.predict(x[va], verbose=0)[:, 0]
-    calibration = platt(_logit(oof), y)
+    seen = ~np.isnan(oof)
+    calibration = platt(_logit(oof[seen]), y[seen])
     epochs = int(np.median(fold_epochs))
     keras.utils.set_random_seed(seed)
     final = fresh(x)

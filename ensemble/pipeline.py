@@ -24,6 +24,7 @@ from .focus import laplacian_variance
 from .fsutil import atomic_write
 from .imageio import ANALYSIS_SIDE
 from .metrics import best_threshold, classification_report
+from .patches import PATCH_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow is imported lazily below; keep its C++ chatter off
@@ -106,8 +107,13 @@ def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int = 128,
                     learning_rate: float = 2e-3, patches_per_image: int = 16, synthetic_blur: bool = True,
-                    meta_fraction: float = 0.3, patience: int = 5, seed: int = 0, verbose: int = 2) -> dict:
-    """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json."""
+                    meta_fraction: float = 0.3, patience: int = 5, seed: int = 0, verbose: int = 2,
+                    patch_size: int = PATCH_SIZE, on_epoch=None) -> dict:
+    """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json.
+
+    ``patch_size``: side of the square patches in analysis-scale pixels (recorded in cnn.json, and used by the
+    meta-network stage and the detector). ``on_epoch(epoch, logs)`` is called after each epoch (progress reports).
+    """
     import tensorflow as tf
 
     from .cnn import sample_patches, train_cnn
@@ -119,10 +125,13 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
     data = datasets.load_pickle(train_pkl)
     fit_idx, meta_idx = meta_holdout(data, meta_fraction, seed)
     labels = np.asarray(data.labels)
-    train = sample_patches([data.images[i] for i in fit_idx], labels[fit_idx], patches_per_image, synthetic_blur, seed)
-    val = sample_patches([data.images[i] for i in meta_idx], labels[meta_idx], patches_per_image, False, seed + 1)
+    train = sample_patches([data.images[i] for i in fit_idx], labels[fit_idx], patches_per_image, synthetic_blur, seed,
+                           patch_size)
+    val = sample_patches([data.images[i] for i in meta_idx], labels[meta_idx], patches_per_image, False, seed + 1,
+                         patch_size)
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose)
+    model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose,
+                                  on_epoch)
     export_onnx(model, out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
@@ -154,8 +163,14 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
                      max_epochs: int = 400, patience: int = 40, hidden: tuple[int, ...] = (32, 16),
                      dropout: float = 0.2, l2: float = 1e-3, learning_rate: float = 3e-3, seed: int = 0,
                      progress: bool = True) -> dict:
-    """Train the meta-network on the images held out from the CNN; write final_model/meta.keras, meta.onnx and
-    metadata.json (fingerprint, counts, hyper-parameters, validation metrics, thresholds, versions)."""
+    """Train the meta-network; write final_model/meta.keras, meta.onnx and metadata.json (fingerprint, counts,
+    hyper-parameters, validation metrics, thresholds, versions).
+
+    It learns from every training image, but it is judged only on the images held out from the CNN: the folds are
+    scene folds over that held-out part, each fold also trains on all the CNN's own images, and early stopping,
+    the Platt calibration and the validation metrics use only held-out predictions. Measured on the held-out
+    part, the extra images raise accuracy from 96.1 % to 97.8 % (see README, "How it works").
+    """
     from .meta import fit_meta
     from .runtime import OnnxModel, export_onnx
 
@@ -167,14 +182,18 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     if cnn_info["train_fingerprint"] != datasets.fingerprint(data.meta):
         raise datasets.DatasetError(f"{train_pkl} is not the data {model_dir}/cnn.json was trained on; rerun CNN.py")
     meta_scenes = set(cnn_info["meta_scenes"])
-    idx = np.array([i for i, m in enumerate(data.meta) if m["scene"] in meta_scenes])
-    y = np.asarray(data.labels)[idx].astype(int)
-    grays = [data.images[i] for i in idx]
+    held = np.array([m["scene"] in meta_scenes for m in data.meta])
+    idx, cnn_idx = np.flatnonzero(held), np.flatnonzero(~held)
+    y_all = np.asarray(data.labels).astype(int)
+    y = y_all[idx]
     cnn = OnnxModel(model_dir / "cnn.onnx")
-    x = feature_matrix(grays, cnn, progress=_bar("features", progress))
+    patch_size = int(cnn_info["hyperparameters"].get("patch_size", PATCH_SIZE))
+    x_all = feature_matrix(data.images, cnn, progress=_bar("features", progress), patch_size=patch_size)
+    x = x_all[idx]
     scenes = [data.meta[i]["scene"] for i in idx]
-    fold_idx = list(datasets.scene_folds(scenes, folds, seed, labels=y))
-    fit = fit_meta(x, y, fold_idx, max_epochs, patience, 64, learning_rate, hidden, dropout, l2, seed)
+    fold_idx = [(np.concatenate([idx[tr], cnn_idx]), idx[va])
+                for tr, va in datasets.scene_folds(scenes, folds, seed, labels=y)]
+    fit = fit_meta(x_all, y_all, fold_idx, max_epochs, patience, 64, learning_rate, hidden, dropout, l2, seed)
     fit.model.save(out_dir / "meta.keras")
     export_onnx(fit.model, out_dir / "meta.onnx")
 
@@ -185,7 +204,8 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     cnn_mean = x[:, FEATURE_NAMES.index("cnn_mean")]
     cnn_threshold = best_threshold(cnn_mean, y)
     threshold = 0.5
-    val = classification_report(y, fit.oof_probability, fit.oof_probability >= threshold)
+    oof = fit.oof_probability[idx]
+    val = classification_report(y, oof, oof >= threshold)
     metadata = {
         "name": out_dir.name if out_dir.name != META_DIR else "shipped",
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -195,7 +215,8 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
         "data": {"train_pkl": str(train_pkl), "fingerprint": cnn_info["train_fingerprint"],
                  "root": data.info.get("root"), "layout": data.info.get("layout"),
                  "images": len(data), "blurry": int(np.sum(data.labels)),
-                 "cnn_fit_images": cnn_info["images"]["cnn_fit"], "meta_images": int(len(idx))},
+                 "cnn_fit_images": cnn_info["images"]["cnn_fit"], "meta_images": int(len(data)),
+                 "meta_validation_images": int(len(idx))},
         "cnn": {k: cnn_info[k] for k in ("hyperparameters", "epochs_run", "val_patch_metrics", "params", "devices")},
         "meta": {"folds": folds, "max_epochs": max_epochs, "patience": patience, "hidden": list(hidden),
                  "dropout": dropout, "l2": l2, "learning_rate": learning_rate, "seed": seed,
@@ -205,8 +226,8 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
         "versions": _versions(),
     }
     atomic_write(out_dir / "metadata.json", json.dumps(metadata, indent=1))
-    return {"stage": "train", "out": str(out_dir), "meta_images": int(len(idx)), "epochs": fit.epochs,
-            "calibration": fit.calibration, "validation": metadata["validation_metrics"],
+    return {"stage": "train", "out": str(out_dir), "meta_images": int(len(data)), "validated_on": int(len(idx)),
+            "epochs": fit.epochs, "calibration": fit.calibration, "validation": metadata["validation_metrics"],
             "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
 
 
@@ -229,7 +250,8 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
     detector = BlurDetector.load(model_root, threshold=threshold)
     base = detector.metadata["baselines"]
     y_all = np.asarray(data.labels).astype(int)
-    feats = feature_matrix(data.images, detector.cnn, progress=_bar("scoring", progress))
+    feats = feature_matrix(data.images, detector.cnn, progress=_bar("scoring", progress),
+                           patch_size=detector.patch_size)
     ens_all = np.clip(detector.meta(feats), 0, 1)
     cnn_all = feats[:, FEATURE_NAMES.index("cnn_mean")]
     lap_all = np.array([laplacian_variance(g) for g in data.images])

@@ -1,0 +1,427 @@
+"""One round of checks: grab every camera at once, score the frames, judge each camera against its own baseline.
+
+A check ends in one of five states:
+
+* ``UNREACHABLE``: no frame by the deadline: timeout, refused, bad credentials, an HTTP error, or bytes that are
+  not a picture ("no frame").
+* ``INVALID``: a frame came, but it shows nothing to judge: black, uniform (covered, fogged white, a flat test
+  card), or frozen (identical to the frame of the previous check).
+* ``BLURRY``: the ensemble's calibrated blur probability reaches the camera's threshold: the absolute verdict.
+* ``DEGRADED``: the camera's focus score fell more than ``drop`` below its baseline, the median score of its last
+  healthy checks.
+* ``CLEAR``: none of those. Only CLEAR checks feed the baseline, so a camera going soft cannot drag its own
+  baseline down and quietly become CLEAR again.
+
+**The focus score** is the variance of the Laplacian at the analysis scale divided by that of the frame
+downscaled 4 × (``(1 + v1) / (1 + v4)``, from :mod:`ensemble.focus`). Blur removes the finest detail first, so
+the ratio falls sharply with focus loss, while exposure, gain, shading and the content of the scene (a van parked
+in front, night) scale both variances alike and barely move it. The raw Laplacian variance, which is what
+focus-loss scripts usually compare, drops by 75-95 % when the light fades, as much as it does for real blur
+(``benchmarks/bench_cameras_focus.py`` measures both).
+
+Nothing here prints or writes files; :mod:`ensemble.cameras.cli` does.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+
+from ..focus import FOCUS_FEATURE_NAMES, focus_features
+from ..imageio import Decoded, ImageError, load_image, resize_to_analysis, to_gray
+from ..scan import default_workers, one_line
+from .config import Camera, scrub
+from .grab import Cancelled, Frame, Grab, Grabbed
+from .state import CameraState
+
+if TYPE_CHECKING:
+    from ..detector import BlurDetector, BlurResult
+
+BLACK_LEVEL = 24
+"""A frame whose 99th-percentile grey level is at most this (of 255) is black: lens cap, dead sensor, no light."""
+
+UNIFORM_STD = 2.5
+"""A frame whose standard deviation, after area-averaging 8 × 8 pixel blocks (which removes sensor noise), is below
+this (grey levels) is uniform: a covered or fogged-up lens, a flat test card, a blank or single-colour picture."""
+
+MAX_CHECK_THREADS = 256
+"""At most this many cameras are checked at the same time; the rest of a very large list waits for a thread."""
+
+_RATIO_INDEX = FOCUS_FEATURE_NAMES.index("lap_ratio_1_4")
+
+RECORD_FIELDS = ("camera", "state", "previous", "since", "reason", "blur_probability", "focus", "baseline",
+                 "change", "laplacian_var", "width", "height", "frames", "url", "checked_at", "duration_s")
+"""The fields of a camera record, in output order (csv header, json keys)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How cameras are judged, unless a camera's config says otherwise.
+
+    ``baseline_size``: healthy checks in the baseline (its median). ``drop``: fraction (0.5 = 50 %) below the
+    baseline that makes a camera DEGRADED. ``timeout``: seconds for one camera's grab. ``threshold``: blur
+    probability from which a camera is BLURRY. ``workers``: frames scored at once (0: one per core).
+    """
+
+    baseline_size: int = 10
+    drop: float = 0.5
+    timeout: float = 10.0
+    threshold: float = 0.5
+    workers: int = 0
+
+    @property
+    def min_baseline(self) -> int:
+        """Healthy checks needed before a baseline is trusted: 3 (or fewer when the baseline is smaller)."""
+        return max(1, min(3, self.baseline_size))
+
+
+@dataclass
+class Check:
+    """The outcome of one check of one camera.
+
+    ``result``/``focus``/``grey`` describe the chosen (sharpest valid) frame; ``frame`` is that frame as grabbed
+    and ``rgb`` it at the analysis scale, uint8 (H, W, 3), for the snapshot. ``new_state`` is what the camera's
+    state becomes once the round is applied. ``duration`` counts seconds from the start of the round.
+    """
+
+    camera: Camera
+    state: str
+    reason: str
+    checked_at: str
+    duration: float
+    previous: Optional[str] = None
+    since: Optional[str] = None
+    result: Optional["BlurResult"] = None
+    focus: Optional[float] = None
+    baseline: Optional[float] = None
+    frames: int = 0
+    frame: Optional[Frame] = None
+    rgb: Optional[np.ndarray] = None
+    new_state: Optional[CameraState] = None
+
+    @property
+    def change(self) -> Optional[float]:
+        """focus / baseline - 1 (-0.6 is 60 % below the baseline), or None."""
+        if self.focus is None or not self.baseline:
+            return None
+        return self.focus / self.baseline - 1.0
+
+    def record(self) -> dict:
+        """The report record (RECORD_FIELDS): plain JSON types, rounded; no credentials."""
+        r = self.result
+        change = self.change
+        return {
+            "camera": self.camera.name,
+            "state": self.state,
+            "previous": self.previous,
+            "since": self.since,
+            "reason": self.reason,
+            "blur_probability": None if r is None else round(r.blur_probability, 4),
+            "focus": None if self.focus is None else round(self.focus, 4),
+            "baseline": None if self.baseline is None else round(self.baseline, 4),
+            "change": None if change is None else round(change, 4),
+            "laplacian_var": None if r is None else round(r.laplacian_var, 2),
+            "width": None if r is None else r.width,
+            "height": None if r is None else r.height,
+            "frames": self.frames,
+            "url": self.camera.url,
+            "checked_at": self.checked_at,
+            "duration_s": round(self.duration, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """A camera changed state (``previous`` None: first check ever)."""
+
+    time: str
+    camera: str
+    previous: Optional[str]
+    state: str
+    reason: str
+    record: dict
+
+    def to_dict(self) -> dict:
+        r = self.record
+        return {"time": self.time, "camera": self.camera, "from": self.previous, "to": self.state,
+                "reason": self.reason, "blur_probability": r["blur_probability"], "focus": r["focus"],
+                "baseline": r["baseline"], "url": r["url"]}
+
+
+@dataclass(frozen=True)
+class Round:
+    checks: list[Check]
+    events: list[Event]
+    started_at: str
+    seconds: float
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Frames → scores
+
+
+def focus_score(grey: np.ndarray) -> float:
+    """The focus score of a uint8 (H, W) grey frame at the analysis scale: (1 + v1) / (1 + v4), where v1 and v4 are
+    the variances of the Laplacian at full and quarter scale. Dimensionless; around 1-2 for a sharp scene."""
+    return float(np.exp(focus_features(grey)[_RATIO_INDEX]))
+
+
+def frame_problem(grey: np.ndarray) -> Optional[str]:
+    """Why a grey frame is not worth judging (black or uniform), or None."""
+    import cv2
+
+    p99 = float(np.percentile(grey, 99))
+    if p99 <= BLACK_LEVEL:
+        return f"black frame (99% of pixels at grey level {p99:.0f} of 255 or darker)"
+    h, w = grey.shape
+    small = cv2.resize(grey, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+    spread = float(small.std())
+    if spread < UNIFORM_STD:
+        return f"uniform frame (contrast {spread:.1f} grey levels): covered, fogged, or a flat picture"
+    return None
+
+
+def frame_hash(grey: np.ndarray) -> str:
+    """SHA-256 of a grey frame's pixels and shape: equal only for identical pictures."""
+    digest = hashlib.sha256(f"{grey.shape}".encode())
+    digest.update(np.ascontiguousarray(grey).tobytes())
+    return digest.hexdigest()
+
+
+def decode_frame(frame: Frame, side: int) -> Decoded:
+    """A grabbed frame as RGB at the analysis scale (``Decoded.pixels`` uint8 (H, W, 3), original width/height).
+
+    Encoded bytes go through :func:`ensemble.imageio.load_image` (content sniffing, EXIF orientation, the pixel
+    cap), from a private temporary file. Raises ImageError with a one-line reason.
+    """
+    if frame.pixels is not None:
+        pixels = np.asarray(frame.pixels)
+        width, height = frame.size or (pixels.shape[1], pixels.shape[0])
+        return Decoded(np.ascontiguousarray(resize_to_analysis(pixels, side)), width, height)
+    fd, tmp = tempfile.mkstemp(prefix="blur-detect-frame-", suffix=".img")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(frame.data)
+        return load_image(tmp, "RGB", side)
+    finally:
+        os.unlink(tmp)
+
+
+@dataclass
+class _Scored:
+    decoded: Decoded
+    grey: np.ndarray
+    result: "BlurResult"
+    focus: float
+    problem: Optional[str]
+    frame: Frame
+    hash: str = ""
+
+
+def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optional[_Scored], int, Optional[str]]:
+    """(the sharpest usable frame, frames decoded, reason when none decoded).
+
+    The sharpest is the lowest blur probability, then the highest focus score; frames that are black or uniform
+    are chosen only when all of them are.
+    """
+    decoded, reasons = [], []
+    for frame in frames:
+        try:
+            decoded.append((decode_frame(frame, detector.analysis_side), frame))
+        except ImageError as err:
+            reasons.append(_not_an_image(frame, one_line(err)))
+    if not decoded:
+        return None, 0, reasons[0] if reasons else "no frame"
+    greys = [to_gray(d.pixels) for d, _ in decoded]
+    results = detector.predict_decoded([Decoded(g, d.width, d.height) for g, (d, _) in zip(greys, decoded)],
+                                       with_map=True)
+    scored = [_Scored(d, g, r, focus_score(g), frame_problem(g), f)
+              for g, (d, f), r in zip(greys, decoded, results)]
+    usable = [s for s in scored if s.problem is None] or scored
+    best = min(usable, key=lambda s: (round(s.result.blur_probability, 3), -s.focus))
+    best.hash = frame_hash(best.grey)
+    return best, len(decoded), None
+
+
+def _not_an_image(frame: Frame, reason: str) -> str:
+    what = f"{frame.content_type or 'no content type'}, {len(frame.data or b'')} bytes"
+    if "unrecognised content" in reason or "not an image" in reason:
+        return f"no frame: the response is not an image ({what})"
+    return f"no frame: {reason} ({what})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Judging
+
+
+def classify(problem: Optional[str], probability: float, threshold: float, focus: float,
+             baseline: Optional[float], drop: float) -> tuple[str, str]:
+    """(state, reason) of a scored frame; see the module docstring for the rules and their order."""
+    if problem:
+        return "INVALID", problem
+    if probability >= threshold:
+        return "BLURRY", f"blur probability {_pct(probability)} >= threshold {_pct(threshold)}"
+    if baseline is not None and baseline > 0 and focus < baseline * (1.0 - drop):
+        return "DEGRADED", (f"focus {focus:.3g} is {_pct(1.0 - focus / baseline)} below the baseline "
+                            f"{baseline:.3g} (limit {_pct(drop)})")
+    return "CLEAR", ""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+class Monitor:
+    """Checks ``cameras`` in rounds and keeps their ``states`` (by camera name; updated after each round).
+
+    ``detector`` is shared by all checks; load it with ``threads=1`` (checks run side by side, at most
+    ``settings.workers`` frames scored at once).
+    """
+
+    def __init__(self, cameras: list[Camera], detector: "BlurDetector", states: dict[str, CameraState],
+                 settings: Settings):
+        self.cameras, self.detector, self.states, self.settings = cameras, detector, states, settings
+        self._scoring = threading.BoundedSemaphore(settings.workers or default_workers())
+        self._hung: dict[str, Grab] = {}  # grabs still running past their deadline, by camera
+        self._secrets = {c.name: c.secrets() for c in cameras}
+
+    def reset_baseline(self, names: list[str]) -> None:
+        """Forget the baseline of the cameras named (after a camera was refocused or moved on purpose)."""
+        for name in names:
+            if name in self.states:
+                self.states[name].history = []
+
+    def run_round(self, cancel: Optional[threading.Event] = None,
+                  on_check: Optional[Callable[[Check], None]] = None) -> Round:
+        """Check every camera at once; apply the new states; return the checks (config order) and the events.
+
+        One camera's grab never waits for another's: each has its own thread and deadline. ``on_check(check)`` runs
+        in the checking thread as each check ends (to write its snapshot); it must not raise. When ``cancel`` is
+        set the round stops within about 0.1 s and raises :class:`Cancelled`, and no state is changed.
+        """
+        started, started_at = time.monotonic(), utc_now()
+        cancel = cancel or threading.Event()  # set on the way out of an interrupted round, to free its threads
+        workers = max(1, min(len(self.cameras), MAX_CHECK_THREADS))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camera-check")
+        try:
+            futures = [pool.submit(self._check, camera, started, cancel, on_check) for camera in self.cameras]
+            checks = [f.result() for f in futures]
+        except BaseException:
+            cancel.set()  # the other checks stop waiting for their frames
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        events = []
+        for check in checks:
+            self.states[check.camera.name] = check.new_state
+            if check.previous != check.state:
+                events.append(Event(check.checked_at, check.camera.name, check.previous, check.state,
+                                    check.reason, check.record()))
+        return Round(checks, events, started_at, time.monotonic() - started)
+
+    # -- one camera ---------------------------------------------------------------------------------------------
+    def _check(self, camera: Camera, started: float, cancel, on_check) -> Check:
+        old = self.states.get(camera.name) or CameraState()
+        if old.url != camera.url:
+            # A new camera, or one pointed somewhere else: its old baseline and last frame mean nothing now.
+            old = CameraState(state=old.state, since=old.since, url=camera.url)
+        checked_at = utc_now()
+        try:
+            state, reason, scored, n_frames, position = self._grab_and_judge(camera, old, cancel)
+        except Cancelled:
+            raise
+        except Exception as err:  # noqa: BLE001 - one camera's surprise never stops the round
+            state, reason, scored, n_frames, position = (
+                "UNREACHABLE", f"unexpected error: {type(err).__name__}: {one_line(err)}", None, 0, None)
+        reason = scrub(reason, self._secrets[camera.name])
+        baseline = old.baseline(self.settings.baseline_size, self.settings.min_baseline)
+
+        new = replace(old, history=list(old.history), checked=checked_at, reason=reason)
+        if scored is not None:
+            new.frame_hash = scored.hash
+        if position is not None:
+            new.position = position
+        if state == "CLEAR" and scored is not None:
+            new.history = (new.history + [scored.focus])[-self.settings.baseline_size:]
+            if baseline is None:
+                have = len(new.history)
+                need = self.settings.min_baseline
+                reason = new.reason = ("baseline learnt" if have >= need else
+                                       f"learning the baseline ({have} of {need} checks)")
+        if old.state != state:
+            new.state, new.since = state, checked_at
+
+        check = Check(
+            camera=camera, state=state, reason=reason, checked_at=checked_at,
+            duration=time.monotonic() - started, previous=old.state, since=new.since,
+            result=scored.result if scored else None, focus=scored.focus if scored else None, baseline=baseline,
+            frames=n_frames, frame=scored.frame if scored else None, rgb=scored.decoded.pixels if scored else None,
+            new_state=new,
+        )
+        if on_check is not None:
+            try:
+                on_check(check)
+            except Exception:  # noqa: BLE001 - the caller reports its own failures; the check stands
+                pass
+        return check
+
+    def _grab_and_judge(self, camera: Camera, old: CameraState, cancel):
+        """(state, reason, scored frame or None, frames decoded, video file position or None)."""
+        timeout = camera.timeout or self.settings.timeout
+        deadline = time.monotonic() + timeout
+        hung = self._hung.get(camera.name)
+        while hung is not None and hung.thread.is_alive() and time.monotonic() < deadline:
+            # The last grab overran its deadline and is still going: give it this check's time to finish. Threads
+            # are never stacked on one camera, so at most one per camera is ever left behind.
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            hung.thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        if hung is not None and hung.thread.is_alive():
+            return "UNREACHABLE", "timeout: the previous check's grab has still not returned", None, 0, None
+        grab = Grab(camera, timeout, old.position if camera.is_file else None, deadline=deadline,
+                    side=self.detector.analysis_side)
+        grabbed: Grabbed = grab.wait(cancel)
+        if grab.thread.is_alive():
+            self._hung[camera.name] = grab
+        else:
+            self._hung.pop(camera.name, None)
+        if grabbed.error is not None:
+            return "UNREACHABLE", grabbed.error, None, 0, grabbed.position
+        with self._scoring:
+            best, n_frames, why = score_frames(grabbed.frames, self.detector)
+        if best is None:
+            return "UNREACHABLE", why, None, 0, grabbed.position
+        problem = best.problem
+        if problem is None and old.frame_hash is not None and best.hash == old.frame_hash:
+            problem = "frozen: the picture is identical to the previous check's"
+        threshold = camera.threshold if camera.threshold is not None else self.settings.threshold
+        drop = camera.drop if camera.drop is not None else self.settings.drop
+        baseline = old.baseline(self.settings.baseline_size, self.settings.min_baseline)
+        state, reason = classify(problem, best.result.blur_probability, threshold, best.focus, baseline, drop)
+        return state, reason, best, n_frames, grabbed.position
+
+
+def exit_status(checks: list[Check]) -> int:
+    """0 all CLEAR; 1 some DEGRADED, BLURRY or INVALID; 2 some UNREACHABLE (it wins over 1)."""
+    states = {c.state for c in checks}
+    if "UNREACHABLE" in states:
+        return 2
+    if states & {"DEGRADED", "BLURRY", "INVALID"}:
+        return 1
+    return 0
+
+
+__all__ = ["BLACK_LEVEL", "Check", "Event", "Monitor", "RECORD_FIELDS", "Round", "Settings", "UNIFORM_STD",
+           "classify", "decode_frame", "exit_status", "focus_score", "frame_hash", "frame_problem",
+           "score_frames", "utc_now"]

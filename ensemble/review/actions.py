@@ -1,0 +1,119 @@
+"""Apply and undo: move the rejected photos into ``ROOT/_blurry`` and put them back.
+
+This is the same machinery as ``blur-detect scan --move-blurry`` and ``blur-detect undo``
+(:mod:`ensemble.sorting`): every move is journalled in ``ROOT/_blurry/.blur-detect-journal-*.jsonl`` before the
+next one starts, nothing is overwritten (a clash becomes ``name (1).jpg``), sub-folders are kept below
+``_blurry``, and undo checks each file's SHA-256 before putting it back. Nothing is ever deleted, and
+``blur-detect undo JOURNAL`` works on the page's journals too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..fsutil import OutsideRootError, confine
+from ..sorting import JOURNAL_PREFIX, SortingError, apply_moves, new_journal_path, plan_moves, read_journal, undo
+from .paths import DEST_DIR
+
+
+@dataclass
+class Report:
+    """What an apply or undo did, with paths relative to the root: ``done`` (from, to) pairs, ``failed``
+    (path, one-line error) pairs, the ``journal`` used, and ``error`` when the whole operation stopped early."""
+
+    done: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    journal: Optional[str] = None
+    error: Optional[str] = None
+
+    def as_dict(self) -> dict:
+        return {
+            "done": [{"from": a, "to": b} for a, b in self.done],
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "skipped": [{"path": p, "note": n} for p, n in self.skipped],
+            "journal": self.journal,
+            "error": self.error,
+        }
+
+
+def apply(root: Path, files: list[Path]) -> Report:
+    """Move ``files`` (absolute, inside ``root``) into ``root/_blurry`` with a new journal there."""
+    dest = root / DEST_DIR
+    plan = plan_moves([str(f) for f in files], dest, base_of=lambda _path: str(root))
+    report = Report()
+    if not plan:
+        return report
+    journal = new_journal_path(dest)
+    report.journal = _rel(root, journal)
+    try:
+        for outcome in apply_moves(plan, journal):
+            if outcome.ok:
+                report.done.append((_rel(root, outcome.src), _rel(root, outcome.dst)))
+            else:
+                report.failed.append((_rel(root, outcome.src), outcome.error or "failed"))
+    except SortingError as err:  # the journal could not be written: apply_moves stopped
+        report.error = str(err)
+    if not os.path.exists(journal):
+        report.journal = None  # nothing was recorded, so there is nothing to undo
+    return report
+
+
+def undo_journal(root: Path, journal: str) -> tuple[Report, bool]:
+    """Undo the apply recorded in ``journal`` (relative to ``root``).
+
+    Also returns whether the journal is settled: fully undone (sorting renamed it ``.undone``), gone, or refused
+    as unsafe, so that it no longer waits for an undo. A failed file is reported, the others are still restored,
+    and the journal stays for another try.
+    """
+    report = Report(journal=journal)
+    try:
+        path = _journal_path(root, journal)
+    except SortingError as err:
+        report.error = str(err)
+        return report, True
+    try:
+        for outcome in undo(path):
+            if not outcome.ok:
+                report.failed.append((_rel(root, outcome.dst), outcome.error or "failed"))
+            elif outcome.status == "done":
+                report.done.append((_rel(root, outcome.dst), _rel(root, outcome.src)))
+            else:
+                report.skipped.append((_rel(root, outcome.src), outcome.note or "skipped"))
+    except SortingError as err:
+        report.error = str(err)
+    settled = not os.path.exists(path)  # sorting renames a fully undone journal to <name>.undone
+    return report, settled
+
+
+def _journal_path(root: Path, journal: str) -> Path:
+    """The journal file, refused unless it and every file it names lie inside ``root``.
+
+    The state file that names the journal sits in the user's folder: a hand-edited or planted journal must not
+    make the page move files anywhere else.
+    """
+    try:
+        path = confine(root / DEST_DIR, journal.removeprefix(DEST_DIR + "/"))
+    except OutsideRootError:
+        raise SortingError(f"journal {journal} is not inside {DEST_DIR}/: refused") from None
+    if not path.name.startswith(JOURNAL_PREFIX):
+        raise SortingError(f"{journal} is not a blur-detect journal: refused")
+    if os.path.exists(path):
+        for entry in read_journal(path):
+            for key in ("path", "src", "dst"):
+                if key in entry:
+                    try:
+                        confine(root, entry[key])
+                    except OutsideRootError:
+                        raise SortingError(f"journal {journal} names a file outside the folder: refused") from None
+    return path
+
+
+def _rel(root: Path, path: str) -> str:
+    rel = os.path.relpath(path, root)
+    return path if rel.startswith(os.pardir) else rel.replace(os.sep, "/")
+
+
+__all__ = ["Report", "apply", "undo_journal"]

@@ -1,0 +1,136 @@
+"""Who may call the service: the bearer token on ``/api`` routes, the ``blur_token`` cookie, the Host check.
+
+Rules (enforced by :class:`AuthMiddleware`, a plain ASGI middleware so it also covers routers included by others,
+such as the review page's ``/api/review/...``):
+
+- With a token, every ``/api`` route needs ``Authorization: Bearer <token>`` or the ``blur_token`` cookie.
+- Opening any page (a GET outside ``/api``) with ``?token=<token>`` sets that cookie (HttpOnly, SameSite=Strict)
+  and redirects to the same URL without the token, so the browser page works and the token leaves the address bar.
+- ``/healthz``, ``/docs``, ``/openapi.json`` and the pages themselves stay open: they hold no data.
+- With ``trusted_hosts``, a request whose Host header is not one of them gets 400. A server bound to loopback
+  without a token uses this against DNS rebinding (a web page whose own host name resolves to 127.0.0.1).
+
+Tokens are compared in constant time (``hmac.compare_digest``).
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from typing import Iterable, Optional
+from urllib.parse import parse_qsl, urlencode
+
+COOKIE = "blur_token"
+TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+"""Characters a token may hold: safe in a header, a cookie and a URL query without quoting."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str) -> None:
+    """Raise ValueError (one line) for a token that cannot travel safely in a cookie or header."""
+    if not TOKEN_CHARS.match(token):
+        raise ValueError("the token may hold only letters, digits and . _ ~ + / = -")
+
+
+def loopback_hosts(host: str) -> tuple[str, ...]:
+    """The Host header names a loopback-bound server answers to: the loopback names and the address it binds."""
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host.strip().strip("[]").lower())))
+
+
+def _host_name(value: str) -> str:
+    """Host header → name without port: ``127.0.0.1:8000`` → ``127.0.0.1``, ``[::1]:80`` → ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _cookie(headers: dict[bytes, bytes]) -> Optional[str]:
+    for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return None
+
+
+def _same(given: Optional[str], token: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+class AuthMiddleware:
+    """ASGI middleware applying the rules above. ``token`` None means no authentication."""
+
+    def __init__(self, app, token: Optional[str] = None, trusted_hosts: Optional[Iterable[str]] = None):
+        self.app = app
+        self.token = token
+        self.trusted = None if trusted_hosts is None else {h.strip("[]").lower() for h in trusted_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.trusted is not None and _host_name(headers.get(b"host", b"").decode("latin-1")) not in self.trusted:
+            return await _json(send, 400, "invalid Host header: this server answers only to its own address")
+        if self.token is None:
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if _is_api(path):
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, given = auth.partition(" ")
+            if (scheme.lower() == "bearer" and _same(given.strip(), self.token)) or _same(_cookie(headers), self.token):
+                return await self.app(scope, receive, send)
+            return await _json(send, 401, "authentication required: send the header 'Authorization: Bearer <token>'",
+                               [(b"www-authenticate", b'Bearer realm="blur-detect"')])
+        if scope.get("method") in ("GET", "HEAD"):
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            given = [v for k, v in query if k == "token"]
+            if given:
+                if not _same(given[-1], self.token):
+                    return await _json(send, 401, "invalid token in the address")
+                rest = urlencode([(k, v) for k, v in query if k != "token"])
+                location = (scope.get("root_path", "") + path) + (f"?{rest}" if rest else "")
+                cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                return await _send(send, 303, b"", [(b"location", location.encode("latin-1", "replace")),
+                                                    (b"set-cookie", cookie.encode("latin-1")),
+                                                    (b"cache-control", b"no-store")])
+        return await self.app(scope, receive, send)
+
+
+class RedactToken(logging.Filter):
+    """Logging filter for uvicorn's access log: ``?token=...`` in a logged URL becomes ``?token=***``."""
+
+    _pattern = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+async def _json(send, status: int, detail: str, extra: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await _send(send, status, body, [(b"content-type", b"application/json"), *(extra or [])])
+
+
+async def _send(send, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,228 @@
+"""``blur-detect serve``: the HTTP service on uvicorn.
+
+    blur-detect serve [--host 127.0.0.1] [--port 8000] [--workers N] [--token T] [--models-dir DIR]
+                      [--root DIR] [--data-root DIR]... [--max-upload-mb 50] [--max-files 32] [--log-level info]
+
+Exit status: 0 after a clean shutdown (Ctrl-C), 1 when the server cannot start (port in use, model missing, folder
+not writable: one ``error:`` line, never a traceback), 2 usage error.
+
+Everything heavy (FastAPI, uvicorn, ONNX Runtime) is imported inside :func:`run`, so ``blur-detect --help`` stays
+instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+TOKEN_ENV = "BLUR_DETECT_TOKEN"
+MIN_TOKEN_LENGTH = 16
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
+    return value
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only). Any other address needs a "
+                        "token: without --token one is generated and printed")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                   help="server processes (default: 1); they share the active model through --models-dir")
+    p.add_argument("--token", metavar="T",
+                   help=f"require 'Authorization: Bearer T' on every /api route (default: ${TOKEN_ENV}; prefer the "
+                        f"variable: a command line is visible to other users). At least {MIN_TOKEN_LENGTH} "
+                        "characters")
+    p.add_argument("--models-dir", metavar="DIR",
+                   help="where models trained through the service are kept, with the choice of active model "
+                        "(default: ~/.local/share/blur-ensemble/models)")
+    p.add_argument("--root", metavar="DIR", help="serve the review page for the photos under DIR at /")
+    p.add_argument("--data-root", action="append", metavar="DIR",
+                   help="a folder training data may come from; repeat for several (default: ../shared/datasets "
+                        "beside the repository, when it exists). Paths outside these folders are refused")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=50.0, metavar="MB",
+                   help="largest file accepted by /api/predict, in MB (default: 50)")
+    p.add_argument("--max-files", type=_positive(int), default=32, metavar="N",
+                   help="most files in one /api/predict request (default: 32)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="server log detail (default: info)")
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    parser: argparse.ArgumentParser = args._parser
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if find_spec(m) is None]
+    if missing:
+        _err(f"error: blur-detect serve needs the 'serve' extra (missing: {', '.join(missing)}): "
+             "pip install 'blur-ensemble[serve]'")
+        return 1
+    from .auth import check_token, is_loopback, loopback_hosts
+
+    token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as err:
+            parser.error(f"--token: {err}")
+        if len(token) < MIN_TOKEN_LENGTH:
+            parser.error(f"--token: use at least {MIN_TOKEN_LENGTH} characters "
+                         "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)")
+    loopback = is_loopback(args.host)
+    generated = False
+    if token is None and not loopback:
+        import secrets
+
+        token, generated = secrets.token_urlsafe(24), True
+    root = None
+    if args.root is not None:
+        root = Path(args.root).expanduser()
+        if not root.is_dir():
+            parser.error(f"--root: {args.root} is not a folder")
+    data_roots = None
+    if args.data_root:
+        for folder in args.data_root:
+            if not os.path.isdir(folder):
+                parser.error(f"--data-root: {folder} is not a folder")
+        data_roots = tuple(Path(f).expanduser().resolve() for f in args.data_root)
+    workers = args.workers
+    if root is not None and workers > 1:
+        _err(f"note: --root keeps the review page's background scan in one process: serving with 1 worker, "
+             f"not {workers}")
+        workers = 1
+
+    from .app import SETTINGS_ENV, ServerSettings, create_app
+    from .models import ModelError
+
+    extra = {"data_roots": data_roots} if data_roots is not None else {}
+    if args.models_dir:
+        extra["models_dir"] = Path(args.models_dir).expanduser().resolve()
+    settings = ServerSettings(host=args.host, port=args.port, workers=workers, token=token, root=root,
+                              max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
+                              trusted_hosts=loopback_hosts(args.host) if loopback else None, **extra)
+    try:
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.models_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        _err(f"error: models folder {settings.models_dir} is not writable: {err.strerror or err}")
+        return 1
+    try:
+        app = create_app(settings)
+        model = app.state.registry.current()[0]  # a missing or broken model fails here, in one line
+    except ModelError as err:
+        _err(f"error: cannot load the model: {err}")
+        return 1
+    except Exception as err:  # noqa: BLE001 - e.g. the review page cannot start: one line, never a traceback
+        from ..scan import one_line
+
+        _err(f"error: cannot start the service: {one_line(err)}")
+        return 1
+
+    sock = _listen(args.host, args.port)
+    if sock is None:
+        return 1
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}/"
+    _err(f"blur-detect serve: listening on {url} (model {model!r}, {workers} worker{'s' if workers > 1 else ''}, "
+         f"models in {settings.models_dir})")
+    if generated:
+        _err(f"no --token given for {args.host}, which other machines can reach: generated one.\n"
+             f"  API:     curl -H 'Authorization: Bearer {token}' {url}api/models\n"
+             f"  browser: {url}?token={token}")
+    elif token is not None:
+        _err("authentication: every /api route needs 'Authorization: Bearer <token>'; open pages with ?token=<token>")
+    return _serve(app, settings, sock, port, args.log_level, SETTINGS_ENV)
+
+
+def _listen(host: str, port: int):
+    """A bound, listening socket, or None after printing one line (port in use, unknown host, no permission)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        _err(f"error: cannot listen on {host}:{port}: {err.strerror or err}")
+        return None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        _err(f"error: cannot listen on {host}:{port}: {(err.strerror or str(err)).lower()}")
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(app, settings, sock, port: int, log_level: str, settings_env: str) -> int:
+    import uvicorn
+
+    logging_config = _logging_config(log_level)
+    common = dict(host=settings.host, port=port, log_config=logging_config, log_level=log_level,
+                  timeout_graceful_shutdown=30, server_header=False)
+    if settings.workers == 1:
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sock.close()
+        return 0 if server.started else 1
+    from uvicorn.supervisors import Multiprocess
+
+    # The worker processes are fresh interpreters: they rebuild the app from the settings in the environment.
+    os.environ[settings_env] = settings.to_env()
+    config = uvicorn.Config("ensemble.server.app:app_from_env", factory=True, workers=settings.workers, **common)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+def _logging_config(level: str) -> dict:
+    """uvicorn's logging set-up, with this package's logger printed the same way."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["ensemble.server"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    # A page opened with ?token=... must not leave the token in the access log.
+    config.setdefault("filters", {})["redact_token"] = {"()": "ensemble.server.auth.RedactToken"}
+    config["handlers"]["access"]["filters"] = ["redact_token"]
+    return config
