@@ -31,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from summary import print_summary, verdict  # benchmarks/summary.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
         rows += [("bare decode, Pillow (img/s)", f"{rates['pillow']:.2f}", ""),
                  ("bare decode, OpenCV (img/s)", f"{rates['opencv']:.2f}", ""),
                  ("scan (img/s)", f"{rates['scan']:.2f}", ""),
-                 ("scan vs bare decode", f"{ratio:.2f}", _verdict(ratio >= TARGET_RATIO, f">= {TARGET_RATIO:.2f}"))]
+                 ("scan vs bare decode", f"{ratio:.2f}", verdict(ratio >= TARGET_RATIO, f">= {TARGET_RATIO:.2f}"))]
 
         # -- 3: start-up -------------------------------------------------------------------------------------------
         one = [str(photos[0])] + (["--model", a.model] if a.model else [])
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
         startup = statistics.median(wall_time(cli_command("scan", *one)) for _ in range(runs))
         print(f"start-up, blur-detect scan one.jpg: {startup:.2f} s (median of {runs})", flush=True)
         rows.append(("start-up, scan one.jpg (s)", f"{startup:.2f}",
-                     _verdict(startup <= TARGET_STARTUP_S, f"<= {TARGET_STARTUP_S:.0f} s")))
+                     verdict(startup <= TARGET_STARTUP_S, f"<= {TARGET_STARTUP_S:.0f} s")))
         if not a.no_tensorflow:
             try:
                 tf = statistics.median(wall_time([sys.executable, "-c", "import tensorflow"]) for _ in range(runs))
@@ -216,19 +218,11 @@ def main(argv=None) -> int:
                 print(f"peak RSS scanning {n} files: {rss / 2**20:.0f} MiB ({n / wall:.1f} images/s)", flush=True)
                 ok = rss <= TARGET_RSS_BYTES if n == a.memory_images else None
                 rows.append((f"peak RSS, {n} files (MiB)", f"{rss / 2**20:.0f}",
-                             _verdict(ok, f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB") if ok is not None else ""))
+                             verdict(ok, f"<= {TARGET_RSS_BYTES / 1e9:.1f} GB") if ok is not None else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    width = max(len(r[0]) for r in rows)
-    print("\nsummary")
-    for name, value, target in rows:
-        print(f"  {name:<{width}}  {value:>8}  {target}")
-    return 0 if all(not t.startswith("FAIL") for _, _, t in rows) else 1
-
-
-def _verdict(ok: bool, target: str) -> str:
-    return f"{'ok' if ok else 'FAIL'} (target {target})"
+    return print_summary(rows)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 
 from bench_scan import child_env, generate  # noqa: E402  (same synthetic photos as the scan benchmark)
 
+from summary import print_summary, verdict  # benchmarks/summary.py, beside this script
+
 TARGET_P50_S = 0.250
 TARGET_RSS_DRIFT = 0.10
 
@@ -249,7 +251,7 @@ def main(argv=None) -> int:
                 print(f"latency, one {label} ({len(jpeg) / 2**20:.1f} MB): p50 {p50 * 1000:.0f} ms, "
                       f"p90 {p90 * 1000:.0f} ms ({a.latency_runs} requests)", flush=True)
                 rows.append((f"{label} ({len(jpeg) / 2**20:.1f} MB) latency p50 (ms)", f"{p50 * 1000:.0f}",
-                             _verdict(p50 <= TARGET_P50_S, f"<= {TARGET_P50_S * 1000:.0f} ms")))
+                             verdict(p50 <= TARGET_P50_S, f"<= {TARGET_P50_S * 1000:.0f} ms")))
                 rows.append((f"{label} latency p90 (ms)", f"{p90 * 1000:.0f}", ""))
 
             n = a.clients * a.per_client
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
             print(f"load, {a.clients} clients x {a.per_client} requests: {errors} errors, {rate:.1f} requests/s, "
                   f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {percentile(lat, 0.99) * 1000:.0f} ms "
                   f"({wall:.1f} s)", flush=True)
-            rows.append((f"load: errors in {n} requests", f"{errors}", _verdict(errors == 0, "0")))
+            rows.append((f"load: errors in {n} requests", f"{errors}", verdict(errors == 0, "0")))
             rows.append(("load: throughput (requests/s)", f"{rate:.1f}", ""))
             rows.append(("load: latency p50 (ms)", f"{statistics.median(lat) * 1000:.0f}", ""))
             rows.append(("load: latency p99 (ms)", f"{percentile(lat, 0.99) * 1000:.0f}", ""))
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
             rows.append((f"RSS after {a.memory_requests} requests (MiB)", f"{last / 2**20:.0f}", ""))
             rows.append(("RSS peak of the samples (MiB)", f"{peak / 2**20:.0f}", ""))
             rows.append(("RSS last / first - 1", f"{drift:+.1%}",
-                         _verdict(abs(drift) <= TARGET_RSS_DRIFT, f"within {TARGET_RSS_DRIFT:.0%}")))
+                         verdict(abs(drift) <= TARGET_RSS_DRIFT, f"within {TARGET_RSS_DRIFT:.0%}")))
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -282,15 +284,7 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    width = max(len(r[0]) for r in rows)
-    print("\nsummary")
-    for name, value, target in rows:
-        print(f"  {name:<{width}}  {value:>8}  {target}")
-    return 0 if all(not t.startswith("FAIL") for _, _, t in rows) else 1
-
-
-def _verdict(ok: bool, target: str) -> str:
-    return f"{'ok' if ok else 'FAIL'} (target {target})"
+    return print_summary(rows)
 
 
 if __name__ == "__main__":

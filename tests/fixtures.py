@@ -235,3 +235,22 @@ def make_folder_dataset(root: Path, n: int, size: tuple[int, int] = (96, 128)) -
         sub = Path(cls) / ("nested" if i % 5 == 4 else "")
         save_jpeg(root / sub / f"img_{i:03d}.jpg", img)
     return root
+
+
+def _model_missing() -> str | None:
+    """Why the shipped model cannot be loaded, or None when it can."""
+    from ensemble.detector import default_model_root
+
+    try:
+        root = default_model_root()
+    except FileNotFoundError as err:
+        return str(err)
+    for part in ("model/cnn.onnx", "final_model/meta.onnx"):
+        if not (root / part).exists():
+            return f"{root / part} not found"
+    return None
+
+
+MODEL_MISSING = _model_missing()
+needs_model = pytest.mark.skipif(MODEL_MISSING is not None, reason=f"no trained model: {MODEL_MISSING}")
+"""Marks a test that scores images with the shipped model."""

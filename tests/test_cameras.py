@@ -33,22 +33,9 @@ from ensemble.cameras.monitor import (Monitor, Settings, classify, exit_status, 
 from ensemble.cameras.report import event_line, render
 from ensemble.cameras.snapshots import save_snapshot, snapshot_stems
 from ensemble.cameras.state import CameraState, StateFile, StateLocked
-from ensemble.detector import default_model_root
 
 
-def _model_missing() -> str | None:
-    try:
-        root = default_model_root()
-    except FileNotFoundError as err:
-        return str(err)
-    for part in ("model/cnn.onnx", "final_model/meta.onnx"):
-        if not (root / part).exists():
-            return f"{root / part} not found"
-    return None
-
-
-MISSING = _model_missing()
-needs_model = pytest.mark.skipif(MISSING is not None, reason=f"no trained model: {MISSING}")
+from fixtures import MODEL_MISSING as MISSING, needs_model  # noqa: E402
 
 # Credentials of the fake cameras: distinctive strings, so that finding one in any output is unambiguous.
 USER, PASSWORD, TOKEN = "camuser-7f3a", "pw-Zq81x-s3cret", "tok-9Jd02-s3cret"

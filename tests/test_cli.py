@@ -27,24 +27,11 @@ from PIL import Image
 from fixtures import REPO_ROOT, blur, make_photo, save_jpeg
 
 from ensemble import cli  # noqa: E402  (fixtures puts the repository on sys.path)
-from ensemble.detector import default_model_root  # noqa: E402
 
 FIELDS = ["path", "label", "blur_probability", "laplacian_var", "width", "height", "error"]
 
 
-def _model_missing() -> str | None:
-    try:
-        root = default_model_root()
-    except FileNotFoundError as err:
-        return str(err)
-    for part in ("model/cnn.onnx", "final_model/meta.onnx"):
-        if not (root / part).exists():
-            return f"{root / part} not found (the model is still being trained?)"
-    return None
-
-
-MISSING = _model_missing()
-needs_model = pytest.mark.skipif(MISSING is not None, reason=f"no trained model: {MISSING}")
+from fixtures import MODEL_MISSING as MISSING, needs_model  # noqa: E402
 
 
 def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
