@@ -383,8 +383,10 @@ class JobManager:
                 code = f" (exit code {exitcode})" if exitcode is not None else ""
                 state.update(status="failed", stage="failed", error=f"the training process stopped unexpectedly{code}")
             state["finished"] = state.get("finished") or _now()
+            shutil.rmtree(job_dir / "work", ignore_errors=True)  # before the status: see run_job
             self._write(state)
-        shutil.rmtree(job_dir / "work", ignore_errors=True)
+        else:
+            shutil.rmtree(job_dir / "work", ignore_errors=True)
         return state
 
     def _prune(self) -> None:
@@ -484,21 +486,25 @@ def run_job(job_dir: str, models_dir: str, run_lock: str, ready) -> None:
         metrics = _train(run, work, Path(models_dir))
     except JobCancelled:
         run.log("cancelled")
-        run.update(status="cancelled", stage="cancelled", error=run.cancel_reason(), finished=_now())
+        final = dict(status="cancelled", stage="cancelled", error=run.cancel_reason())
     except BaseException as err:  # noqa: BLE001 - every failure ends as a status with one line
         known = _known_error(err)
         reason = _one_line(err) if known else f"unexpected error: {type(err).__name__}: {_one_line(err)}"
         if not known:  # kept for whoever debugs it; the API shows the one line
             (run.dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
         run.log(f"error: {reason}")
-        run.update(status="failed", stage="failed", error=reason, finished=_now())
+        final = dict(status="failed", stage="failed", error=reason)
     else:
         run.log("done")
-        run.update(status="succeeded", stage="done", progress=100.0, metrics=metrics, finished=_now())
+        final = dict(status="succeeded", stage="done", progress=100.0, metrics=metrics)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The work folder goes before the final status does, so no finished job is ever seen with one.
         shutil.rmtree(work, ignore_errors=True)
+    run.update(**final, finished=_now())
+    try:
         sys.stdout.flush()
+    finally:
         os.close(lock_fd)  # the next run may start while this interpreter shuts TensorFlow down
 
 
