@@ -2,7 +2,7 @@
 """Benchmark of ``blur-detect serve``: prediction latency, behaviour under load, and memory over many requests.
 
     .venv/bin/python benchmarks/bench_server.py                              # the full run (a few minutes)
-    .venv/bin/python benchmarks/bench_server.py --latency-runs 5 --clients 4 --per-client 5 --memory-requests 200
+    .venv/bin/python benchmarks/bench_server.py --latency-runs 5 --clients 4 --per-client 5 --memory-requests 400
 
 Measures, in one run, against a real server process (``python -m ensemble serve --port 0``, one worker unless
 ``--workers``) on loopback, with keep-alive HTTP clients:
@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-client", type=int, default=20, help="requests per client (default: 20)")
     p.add_argument("--memory-requests", type=int, default=2000, help="requests in the memory test (default: 2000)")
     a = p.parse_args(argv)
+    if a.memory_requests < 400:
+        p.error("--memory-requests must be at least 400: RSS is sampled every 200 requests, first and last compared")
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
