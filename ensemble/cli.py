@@ -144,8 +144,8 @@ def _one_line(value: object) -> str:
 # scan: arguments
 
 
-def _probability(text: str) -> float:
-    """A threshold: 0.7 or 70%."""
+def probability_arg(text: str) -> float:
+    """argparse type for a threshold: 0.7 or 70%."""
     raw = text.strip()
     try:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
@@ -170,7 +170,7 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="image files (read whatever their name) and folders (their files with an image suffix)")
     p.add_argument("-r", "--recursive", action="store_true", help="also scan folders inside the folders given")
-    p.add_argument("-t", "--threshold", type=_probability, metavar="P",
+    p.add_argument("-t", "--threshold", type=probability_arg, metavar="P",
                    help="blur probability (0-1, or a percentage) from which a photo is called blurry "
                         "(default: the model's, usually 0.5)")
     p.add_argument("-f", "--format", choices=FORMATS, default="table",
@@ -354,10 +354,7 @@ def run_scan(args: argparse.Namespace) -> int:
 
     try:
         # One shared detector on single-threaded ONNX sessions: the workers supply the parallelism (see scan.py).
-        detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold)
-        # One tiny prediction now: a model that cannot run fails here in one line, not once per image; it also
-        # takes ONNX Runtime's first-call set-up out of the first image's time.
-        detector.predict_array(_probe_image(), with_map=False)
+        detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold).check()
     except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
         where = args.model or "the shipped model"
         _err(f"error: cannot load the model ({where}): {_one_line(err)}")
@@ -437,12 +434,6 @@ def run_scan(args: argparse.Namespace) -> int:
         if status == EXIT_INTERRUPTED:
             return status
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _probe_image():
-    import numpy as np
-
-    return (np.indices((96, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)  # a checkerboard: one textured patch
 
 
 def _has_subfolders(folder: str) -> bool:

@@ -108,6 +108,13 @@ class BlurDetector:
             raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")
         return cls(cnn, meta, metadata, threshold)
 
+    def check(self) -> "BlurDetector":
+        """Run one tiny prediction and return self. A model that loads but cannot run fails here, with its own
+        error, instead of once per image; it also moves ONNX Runtime's first-call set-up out of the first image."""
+        checkerboard = (np.indices((self.patch_size, self.patch_size)).sum(axis=0) % 2 * 255).astype(np.uint8)
+        self.predict_array(checkerboard, with_map=False)
+        return self
+
     # -- prediction ---------------------------------------------------------------------------------------------
     def predict_array(self, image: np.ndarray, with_map: bool = True) -> BlurResult:
         """Score one image array: (H, W) grey or (H, W, 3) RGB, uint8/uint16/float in [0, 1], any resolution."""

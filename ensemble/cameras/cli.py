@@ -53,7 +53,7 @@ def _bounded(kind, low, high, what):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _probability
+    from ..cli import probability_arg
 
     p.description = ("Check IP cameras and video streams for focus loss. Each check grabs a frame within a timeout, "
                      "scores it with the ensemble, and compares it with the camera's own baseline.")
@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "overrides it (default: 50)")
     p.add_argument("--timeout", type=_bounded(float, 0.5, 600, "number"), default=10.0, metavar="S",
                    help="seconds to grab one camera's frames; a camera's 'timeout' overrides it (default: 10)")
-    p.add_argument("-t", "--threshold", type=_probability, metavar="P",
+    p.add_argument("-t", "--threshold", type=probability_arg, metavar="P",
                    help="blur probability (0-1 or a percentage) from which a camera is BLURRY; a camera's "
                         "'threshold' overrides it (default: the model's, usually 0.5)")
     p.add_argument("--reset-baseline", action="append", default=[], metavar="NAME",
@@ -175,13 +175,11 @@ def run(args: argparse.Namespace) -> int:
                 say(f"error: cannot create {args.snapshots}: {err.strerror or err}")
                 return EXIT_CONFIG
 
-        from ..cli import _probe_image
         from ..detector import BlurDetector
 
         try:
             # Checks run side by side in threads, so each ONNX call keeps to one core.
-            detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold)
-            detector.predict_array(_probe_image(), with_map=False)
+            detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold).check()
         except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
             say(f"error: cannot load the model ({args.model or 'the shipped model'}): {one_line(err)}")
             return EXIT_CONFIG

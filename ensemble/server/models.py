@@ -194,15 +194,13 @@ class ModelRegistry:
 
     def load(self, name: str):
         """Load and probe the model ``name``; ModelError 404/422 with one line when it cannot serve."""
-        from ..cli import _probe_image
         from ..detector import BlurDetector
 
         entry = self.entry(name)
         if entry.error:
             raise ModelError(422, f"model {name!r} cannot be used: {entry.error}")
         try:
-            detector = BlurDetector.load(entry.root, threads=self.threads)
-            detector.predict_array(_probe_image(), with_map=False)  # fails here, not on the first upload
+            detector = BlurDetector.load(entry.root, threads=self.threads).check()  # fails here, not on an upload
         except Exception as err:  # noqa: BLE001 - any broken model file is one line for the user
             raise ModelError(422, f"model {name!r} cannot be loaded: {' '.join(str(err).split())}") from None
         return detector
