@@ -17,6 +17,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=14, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per batch")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="filter-count multiplier of every CNN layer (1.0: 16, 32, 64, 96); cost grows as its square")
     p.add_argument("--patches-per-image", type=int, default=16, help="textured patches drawn from each image")
     p.add_argument("--no-synthetic-blur", action="store_true",
                    help="do not add artificially blurred copies of the sharp photos")
@@ -28,7 +30,8 @@ def main(argv=None):
     from ensemble.pipeline import train_cnn_stage
 
     return run_stage(train_cnn_stage, a.train, a.out, a.epochs, a.batch_size, a.lr, a.patches_per_image,
-                     not a.no_synthetic_blur, a.meta_fraction, a.patience, a.seed, 0 if a.quiet else 2)
+                     not a.no_synthetic_blur, a.meta_fraction, a.patience, a.seed, 0 if a.quiet else 2,
+                     width=a.width)
 
 
 if __name__ == "__main__":

@@ -108,11 +108,12 @@ def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int = 128,
                     learning_rate: float = 2e-3, patches_per_image: int = 16, synthetic_blur: bool = True,
                     meta_fraction: float = 0.3, patience: int = 5, seed: int = 0, verbose: int = 2,
-                    patch_size: int = PATCH_SIZE, on_epoch=None) -> dict:
+                    patch_size: int = PATCH_SIZE, on_epoch=None, width: float = 1.0) -> dict:
     """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json.
 
     ``patch_size``: side of the square patches in analysis-scale pixels (recorded in cnn.json, and used by the
-    meta-network stage and the detector). ``on_epoch(epoch, logs)`` is called after each epoch (progress reports).
+    meta-network stage and the detector). ``width`` scales the CNN's filter counts (see cnn.build_cnn).
+    ``on_epoch(epoch, logs)`` is called after each epoch (progress reports).
     """
     import tensorflow as tf
 
@@ -131,7 +132,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
                          patch_size)
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose,
-                                  on_epoch)
+                                  on_epoch, width)
     export_onnx(model, out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
@@ -144,7 +145,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
         "patches": {"train": int(len(train.y)), "train_synthetic": int(train.synthetic.sum()), "val": int(len(val.y))},
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                             "patches_per_image": patches_per_image, "synthetic_blur": synthetic_blur,
-                            "patience": patience, "patch_size": int(train.x.shape[1])},
+                            "patience": patience, "patch_size": int(train.x.shape[1]), "width": width},
         "epochs_run": epochs_run,
         "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
         "devices": gpus or ["CPU"], "params": int(model.count_params()),

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     data = make_csv_dataset(tmp / "photos", 40, size=(300, 400))
     stage("load_traindata.py", "--data", str(data), "--out", "data/train.pkl", "--test-fraction", "0.25", cwd=tmp)
     stage("load_testdata.py", "--data", str(data), "--out", "data/test.pkl", "--test-fraction", "0.25", cwd=tmp)
-    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--out", "model", cwd=tmp)
+    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5", "--out", "model", cwd=tmp)
     stage("train.py", "--folds", "2", "--max-epochs", "5", "--patience", "2", cwd=tmp)
     return tmp
 
@@ -49,6 +49,9 @@ def test_stages_write_their_outputs(trained):
     assert len(train["meta"]) + len(test["meta"]) == 40
     meta = json.loads((trained / "final_model/metadata.json").read_text())
     assert meta["data"]["images"] == len(train["meta"]) and meta["meta"]["folds"] == 2
+    cnn = json.loads((trained / "model/cnn.json").read_text())
+    assert cnn["hyperparameters"]["width"] == 0.5
+    assert cnn["params"] < 40_000  # half-width filters: about a quarter of the full model's weights
 
 
 def test_evaluation_table_json_and_plots(trained):
