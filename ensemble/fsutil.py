@@ -1,8 +1,29 @@
-"""Crash-safe file writing shared by every module that writes a user-visible or pipeline file."""
+"""File-system helpers shared by every module that writes or serves files: crash-safe writing, distinct file
+names, and confinement to a root."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
+
+
+def unique_stems(stems: Iterable[str], max_len: int = 80) -> list[str]:
+    """Distinct file-name stems, in the given order (so stable across runs), each at most ``max_len`` characters.
+
+    A stem already taken gets ``-2``, ``-3``...; the comparison ignores case, so the names stay distinct on macOS
+    and Windows too.
+    """
+    taken: set[str] = set()
+    out: list[str] = []
+    for base in stems:
+        stem, n = base[:max_len], 1
+        while stem.casefold() in taken:
+            n += 1
+            suffix = f"-{n}"
+            stem = base[: max_len - len(suffix)] + suffix
+        taken.add(stem.casefold())
+        out.append(stem)
+    return out
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> Path:

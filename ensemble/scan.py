@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Optional
 
+from .fsutil import unique_stems
 from .imageio import ImageError, is_image_name
 
 if TYPE_CHECKING:  # the scan path never needs these at import time
@@ -198,20 +199,11 @@ def scan_paths(
 def map_names(paths: Iterable[str]) -> dict[str, str]:
     """A distinct ``<stem>.blurmap.png`` file name for each path, given in scan order (stable across runs).
 
-    Later paths whose stem was already used get ``<stem>-2``, ``<stem>-3``... (compared case-insensitively, so the
-    names stay distinct on macOS and Windows too).
+    Later paths whose stem was already used get ``<stem>-2``, ``<stem>-3``... (fsutil.unique_stems).
     """
-    names: dict[str, str] = {}
-    taken: set[str] = set()
-    for path in paths:
-        stem = Path(path).stem or "image"
-        name, n = f"{stem}.blurmap.png", 1
-        while name.casefold() in taken:
-            n += 1
-            name = f"{stem}-{n}.blurmap.png"
-        taken.add(name.casefold())
-        names[path] = name
-    return names
+    paths = list(paths)
+    stems = unique_stems(Path(path).stem or "image" for path in paths)
+    return {path: f"{stem}.blurmap.png" for path, stem in zip(paths, stems)}
 
 
 def save_blur_map(path: str, result: "BlurResult", out_png: str | os.PathLike, side: int) -> Path:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, unique_stems
 from .monitor import Check
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -22,17 +22,8 @@ def snapshot_stems(names: Iterable[str]) -> dict[str, str]:
 
     Characters outside ``A-Z a-z 0-9 . _ -`` become ``_``; stems that collide (case-insensitively) get ``-2``, ``-3``.
     """
-    stems: dict[str, str] = {}
-    taken: set[str] = set()
-    for name in names:
-        base = _UNSAFE.sub("_", name).strip("._") or "camera"
-        stem, n = base[:80], 1
-        while stem.casefold() in taken:
-            n += 1
-            stem = f"{base[:76]}-{n}"
-        taken.add(stem.casefold())
-        stems[name] = stem
-    return stems
+    names = list(names)
+    return dict(zip(names, unique_stems(_UNSAFE.sub("_", name).strip("._") or "camera" for name in names)))
 
 
 def save_snapshot(check: Check, folder: str | Path, stem: str, side: int) -> tuple[Path, Path]:

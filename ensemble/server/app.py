@@ -43,9 +43,10 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from .auth import AuthMiddleware, check_token, is_loopback
-from .jobs import JobError, JobManager
+from .errors import ServiceError
+from .jobs import JobManager
 from .models import NAME_PATTERN, ModelError, ModelRegistry
-from .uploads import UploadError, receive_uploads
+from .uploads import receive_uploads
 
 log = logging.getLogger("ensemble.server")
 
@@ -399,8 +400,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def known(request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=err.status)
 
-    for cls in (UploadError, ModelError, JobError):
-        app.add_exception_handler(cls, known)
+    app.add_exception_handler(ServiceError, known)
 
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_message(err.errors())}, status_code=422)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from ..fsutil import OutsideRootError, atomic_write, confine
+from .errors import ServiceError
 
 log = logging.getLogger("ensemble.server")
 
@@ -58,12 +59,8 @@ STAGES = {"loading data": 1.0, "training CNN": 10.0, "training meta-network": 80
           "saving": 98.0}
 
 
-class JobError(Exception):
+class JobError(ServiceError):
     """A job request the service refuses. ``status`` is the HTTP status, ``str(err)`` one line for the user."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _now() -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..fsutil import OutsideRootError, atomic_write, confine
+from .errors import ServiceError
 
 log = logging.getLogger("ensemble.server")
 
@@ -32,12 +33,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 
 
-class ModelError(Exception):
+class ModelError(ServiceError):
     """A model cannot be found or loaded. ``status``: 404 unknown, 422 unusable; ``str(err)`` is one line."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 from typing import AsyncIterator, BinaryIO, Optional
 from urllib.parse import unquote_to_bytes
 
+from .errors import ServiceError
+
 FILE_FIELDS = ("files", "file")
 """Form fields that carry images (``files`` is the documented one; ``file`` is accepted for ``curl -F file=@x``)."""
 
@@ -36,12 +38,8 @@ _SIGNATURES = {
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"}
 
 
-class UploadError(Exception):
+class UploadError(ServiceError):
     """A request the service refuses. ``status`` is the HTTP status, ``str(err)`` one line for the user."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
