@@ -3,7 +3,8 @@
 
 Writes final_model/meta.keras, meta.onnx and metadata.json (data fingerprint and counts, hyper-parameters,
 cross-validated metrics, thresholds, date, library versions). It trains on every training image and is validated
-and Platt-calibrated on out-of-fold predictions for the images held out from the CNN.
+and Platt-calibrated on out-of-fold predictions for the images held out from the CNN. Several such networks, one
+per seed (--members), are averaged into the one shipped model.
 """
 import argparse
 
@@ -22,14 +23,16 @@ def main(argv=None):
     p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer")
     p.add_argument("--l2", type=float, default=1e-3, help="L2 weight penalty")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--members", type=int, default=5,
+                   help="meta-networks averaged into the shipped one, each with its own seed (--seed, --seed + 1, …)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first member")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     from ensemble.pipeline import train_meta_stage
 
     hidden = tuple(int(w) for w in a.hidden.split(",") if w.strip())
     return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, hidden,
-                     a.dropout, a.l2, a.lr, a.seed, not a.quiet)
+                     a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The dense meta-network that turns one image's feature vector into one calibrated blur probability.
 
-Input normalisation (a Normalization layer) and the calibration (a Platt-scaling Rescaling of the logit) are layers
+Input normalisation (a frozen Dense layer) and the calibration (a Platt-scaling Rescaling of the logit) are layers
 of the model itself, so the exported file needs no side information. Cross-validation over scenes picks the number
-of epochs and fits the calibration on out-of-fold predictions the network never trained on.
+of epochs and fits the calibration on out-of-fold predictions the network never trained on. A bag of such networks,
+differing only in their random seed, is averaged inside one model, so the shipped result does not hang on one seed.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def build_meta(
     dropout: float = 0.2,
     l2: float = 1e-3,
     calibration: tuple[float, float] = (1.0, 0.0),
+    name: str = "meta",
 ) -> "keras.Model":
     """(N, n_features) float32 → (N, 1) blur probability = sigmoid(a · logit + b), with (a, b) = ``calibration``."""
     import keras
@@ -38,7 +40,7 @@ def build_meta(
     a, b = calibration
     logit = layers.Rescaling(scale=float(a), offset=float(b), name="platt")(logit)
     outputs = layers.Activation("sigmoid", name="blur_probability")(logit)
-    model = keras.Model(inputs, outputs, name="meta")
+    model = keras.Model(inputs, outputs, name=name)
     std = np.sqrt(np.maximum(np.asarray(variance, np.float32), EPS))
     standardise.set_weights([np.diag(1.0 / std).astype(np.float32), (-np.asarray(mean) / std).astype(np.float32)])
     return model
@@ -88,6 +90,7 @@ def fit_meta(
     dropout: float = 0.2,
     l2: float = 1e-3,
     seed: int = 0,
+    name: str = "meta",
 ) -> MetaFit:
     """Train the meta-network on ``x`` float32 (N, F) and ``y`` (N,) in {0, 1}.
 
@@ -100,9 +103,10 @@ def fit_meta(
 
     y = np.asarray(y, dtype=np.float32)
 
-    def fresh(train_x, calibration=(1.0, 0.0)):
-        model = build_meta(x.shape[1], train_x.mean(0), train_x.var(0), hidden, dropout, l2, calibration)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    def fresh(train_x, calibration=(1.0, 0.0), for_training=True):
+        model = build_meta(x.shape[1], train_x.mean(0), train_x.var(0), hidden, dropout, l2, calibration, name)
+        if for_training:  # the shipped model stays uncompiled: no optimizer state saved with it
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
         return model
 
     oof = np.full(len(y), np.nan, dtype=np.float32)
@@ -114,7 +118,7 @@ def fit_meta(
         hist = model.fit(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=max_epochs,
                          batch_size=batch_size, callbacks=[stop], verbose=0)
         fold_epochs.append(int(np.argmin(hist.history["val_loss"])) + 1)
-        oof[va] = model.predict(x[va], verbose=0)[:, 0]
+        oof[va] = np.asarray(model(x[va], training=False))[:, 0]  # a direct call: no predict() retracing per model
     seen = ~np.isnan(oof)
     calibration = platt(_logit(oof[seen]), y[seen])
     epochs = int(np.median(fold_epochs))
@@ -122,7 +126,41 @@ def fit_meta(
     final = fresh(x)
     final.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
     # Rebuild with the calibration baked in, keeping the trained weights.
-    calibrated = fresh(x, calibration)
+    calibrated = fresh(x, calibration, for_training=False)
     calibrated.set_weights(final.get_weights())
     oof_cal = 1 / (1 + np.exp(-(calibration[0] * _logit(oof) + calibration[1])))
     return MetaFit(calibrated, calibration, epochs, oof_cal.astype(np.float32), fold_epochs)
+
+
+@dataclass
+class BagFit:
+    """Result of fit_bag: the averaged model, each member's MetaFit and the bag's out-of-fold probabilities."""
+
+    model: object
+    members: list[MetaFit]
+    oof_probability: np.ndarray
+
+
+def average_models(models: list, name: str = "meta_bag") -> "keras.Model":
+    """One model whose output is the mean of ``models``' outputs on the same input, so a bag exports as one file."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(models[0].input_shape[1:], name="features")
+    outputs = layers.Average(name="blur_probability")([m(inputs) for m in models])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def fit_bag(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], members: int = 5,
+            seed: int = 0, **kwargs) -> BagFit:
+    """``members`` calibrated meta-networks from fit_meta with seeds ``seed``, ``seed + 1``, …, averaged.
+
+    Each member is calibrated on its own out-of-fold predictions, so their mean stays calibrated; the bag's
+    out-of-fold probability is the mean of the members'. ``kwargs`` go to fit_meta.
+    """
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    fits = [fit_meta(x, y, folds, seed=seed + k, name=f"meta_{k}", **kwargs) for k in range(members)]
+    model = fits[0].model if members == 1 else average_models([f.model for f in fits])
+    oof = np.mean([f.oof_probability for f in fits], axis=0).astype(np.float32)
+    return BagFit(model, fits, oof)

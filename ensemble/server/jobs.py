@@ -571,7 +571,8 @@ def _train(run: _Run, work: Path, models_dir: Path) -> dict:
     trained = pipeline.train_meta_stage(train_pkl, out / "model", out / "final_model", folds=p["meta_folds"],
                                         max_epochs=p["meta_max_epochs"], patience=p["meta_patience"],
                                         seed=p["seed"], progress=False)
-    run.log(f"meta-network: {trained['epochs']} epochs, cross-validated {trained['validation']}")
+    run.log(f"meta-network: {trained['members']} averaged, epochs {trained['epochs']}, "
+            f"cross-validated {trained['validation']}")
     test = None
     if held_out:
         run.stage("evaluating")
