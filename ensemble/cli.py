@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .cli_common import make_output_dir
 from .fsutil import atomic_write
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -363,10 +364,9 @@ def run_scan(args: argparse.Namespace) -> int:
     after = None
     map_failures: dict[str, str] = {}
     if args.save_maps:
-        try:
-            os.makedirs(args.save_maps, exist_ok=True)
-        except OSError as err:
-            _err(f"error: cannot create {args.save_maps}: {err.strerror or err}")
+        problem = make_output_dir(args.save_maps)
+        if problem:
+            _err(problem)
             return EXIT_FAILED
         names = map_names(item.path for item in inputs)
 

@@ -1,8 +1,10 @@
-"""Shared outer-layer helpers for the stage scripts: run one stage, print its summary, turn errors into one line."""
+"""Shared outer-layer helpers for the stage scripts and the CLIs: run one stage, print its summary, turn errors
+into one line."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -37,3 +39,12 @@ def run_stage(func, *args, formatter=None, **kwargs) -> int:
         return 130
     print(formatter(result) if formatter else json.dumps(result, indent=1, default=str))
     return 0
+
+
+def make_output_dir(path: str) -> str | None:
+    """Create the folder ``path`` (and its parents) if missing; None, or the one-line error to show the user."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        return f"error: cannot create {path}: {err.strerror or err}"
+    return None

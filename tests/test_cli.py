@@ -539,6 +539,16 @@ def test_save_maps_one_png_per_image_with_distinct_names(photos, tmp_path):
     assert np.abs(pixels.astype(int) - original).mean() > 5  # the overlay and the text are drawn on it
 
 
+@needs_model
+def test_save_maps_folder_that_cannot_be_made_is_one_line(photos, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a folder")
+    proc = run_cli("scan", photos["pair"] / "sharp.jpg", "--save-maps", blocker / "maps")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"error: cannot create {blocker / 'maps'}: Not a directory" in proc.stderr.splitlines()
+    assert blocker.read_bytes() == b"not a folder"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Interruption
 

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Optional
 
+from ..cli_common import make_output_dir
+
 EXIT_CLEAR, EXIT_WARNING, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 WATCH_LIMITS = (1.0, 86400.0)
@@ -169,10 +171,9 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             say(f"warning: {warning}")
         if args.snapshots:
-            try:
-                os.makedirs(args.snapshots, exist_ok=True)
-            except OSError as err:
-                say(f"error: cannot create {args.snapshots}: {err.strerror or err}")
+            problem = make_output_dir(args.snapshots)
+            if problem:
+                say(problem)
                 return EXIT_CONFIG
 
         from ..detector import BlurDetector
