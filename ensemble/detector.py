@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .features import LAPVAR_INDEX, batch_features
+from .features import FEATURE_NAMES, LAPVAR_INDEX, batch_features
 from .imageio import Decoded, load_image, resize_to_analysis, to_gray
 from .patches import PATCH_SIZE, blur_map
 
@@ -95,6 +95,11 @@ class BlurDetector:
         if not meta_file.exists():
             raise FileNotFoundError(f"{meta_file} not found: not a model folder")
         metadata = json.loads(meta_file.read_text())
+        names = metadata.get("feature_names")
+        if names is not None and list(names) != list(FEATURE_NAMES):
+            # An older meta-network would still run on a vector of the right length, and silently score nonsense.
+            raise ValueError(f"{meta_file.parent} was trained on other focus features than this version computes: "
+                             "retrain it with train.py")
         if runtime == "onnx":
             from .runtime import OnnxModel
 

@@ -43,6 +43,20 @@ def test_metadata_records_what_a_reader_needs():
     assert 0.0 < meta["threshold"] < 1.0
 
 
+def test_model_trained_on_other_features_is_refused(tmp_path):
+    import shutil
+
+    for d in ("model", "final_model"):
+        shutil.copytree(ROOT / d, tmp_path / d)
+    meta_file = tmp_path / "final_model" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    assert BlurDetector.load(tmp_path).check()  # the copy itself loads
+    meta["feature_names"] = meta["feature_names"][:-1]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="retrain it with train.py"):
+        BlurDetector.load(tmp_path)
+
+
 def test_predict_array_result_fields(detector, photo):
     r = detector.predict_array(photo)
     assert 0.0 <= r.blur_probability <= 1.0
