@@ -98,7 +98,7 @@ class BlurDetector:
         names = metadata.get("feature_names")
         if names is not None and list(names) != list(FEATURE_NAMES):
             # An older meta-network would still run on a vector of the right length, and silently score nonsense.
-            raise ValueError(f"{meta_file.parent} was trained on other focus features than this version computes: "
+            raise ValueError(f"{meta_file.parent} was trained on other features than this version computes: "
                              "retrain it with train.py")
         if runtime == "onnx":
             from .runtime import OnnxModel

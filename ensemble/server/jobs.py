@@ -363,7 +363,8 @@ class JobManager:
         place, cancelled if that was asked, failed otherwise. Removes what is left of its work folder."""
         state = self._read(job_id)
         job_dir = self.dir / job_id
-        if state["status"] not in FINISHED:
+        settled = state["status"] not in FINISHED
+        if settled:
             if not self._run_lock_free():
                 return state  # still running
             model = self.models_dir / state["model"] / "final_model" / "metadata.json"
@@ -380,10 +381,9 @@ class JobManager:
                 code = f" (exit code {exitcode})" if exitcode is not None else ""
                 state.update(status="failed", stage="failed", error=f"the training process stopped unexpectedly{code}")
             state["finished"] = state.get("finished") or _now()
-            shutil.rmtree(job_dir / "work", ignore_errors=True)  # before the status: see run_job
+        shutil.rmtree(job_dir / "work", ignore_errors=True)  # before a settled status is written: see run_job
+        if settled:
             self._write(state)
-        else:
-            shutil.rmtree(job_dir / "work", ignore_errors=True)
         return state
 
     def _prune(self) -> None:
