@@ -2,8 +2,9 @@
 """Stage 3: train the from-scratch patch CNN on data/train.pkl and write it to model/.
 
 Writes model/cnn.keras (best checkpoint), model/cnn.onnx (the fast runtime), training_log.csv,
-training_curves.png and cnn.json. A share of the training scenes (--meta-fraction) is kept away from the CNN for
-the meta-network. Uses a GPU when TensorFlow sees one, the CPU otherwise.
+training_curves.png and cnn.json. By default the CNN trains on every training photo; --meta-fraction keeps a share
+of the scenes away from it, so that train.py can judge the meta-network on the CNN's honest outputs. Uses a GPU when
+TensorFlow sees one, the CPU otherwise.
 """
 import argparse
 
@@ -22,7 +23,9 @@ def main(argv=None):
     p.add_argument("--patches-per-image", type=int, default=16, help="textured patches drawn from each image")
     p.add_argument("--no-synthetic-blur", action="store_true",
                    help="do not add artificially blurred copies of the sharp photos")
-    p.add_argument("--meta-fraction", type=float, default=0.3, help="share of scenes reserved for the meta-network")
+    p.add_argument("--meta-fraction", type=float, default=0.0,
+                   help="share of scenes kept away from the CNN, to validate the meta-network on (0: none; "
+                        "then every epoch runs and the last is kept)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")

@@ -117,7 +117,7 @@ def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 
 
 def train_cnn(
     train: PatchSet,
-    val: PatchSet,
+    val: PatchSet | None,
     out_dir: str | Path,
     epochs: int = 14,
     batch_size: int = 128,
@@ -132,6 +132,7 @@ def train_cnn(
 
     AUC rather than loss picks the checkpoint: the meta-network only needs the CNN to rank patches well, and
     the loss on weakly labelled validation patches swings with batch-norm statistics from epoch to epoch.
+    With ``val`` None, all ``epochs`` run and the last one is kept (the cosine schedule ends there).
 
     Writes to ``out_dir``: ``cnn.keras`` (best checkpoint) and ``training_log.csv`` (one row an epoch). Uses a GPU
     when TensorFlow sees one. ``on_epoch(epoch, logs)``, if given, is called after each epoch (1-based, with the
@@ -153,17 +154,19 @@ def train_cnn(
     pos = float(train.y.mean())
     class_weight = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
     checkpoint = out_dir / "cnn.keras"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience, restore_best_weights=True),
-        keras.callbacks.CSVLogger(out_dir / "training_log.csv"),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    callbacks = [keras.callbacks.CSVLogger(out_dir / "training_log.csv"), keras.callbacks.TerminateOnNaN()]
+    if val is None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
+    else:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience, restore_best_weights=True),
+        ]
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     history = model.fit(
         make_dataset(train, batch_size, augment=True, seed=seed),
-        validation_data=make_dataset(val, 512, augment=False),
+        validation_data=None if val is None else make_dataset(val, 512, augment=False),
         epochs=epochs,
         class_weight=class_weight,
         callbacks=callbacks,

@@ -27,16 +27,18 @@ def _save(fig, out_png: str | Path, title: str | None = None) -> Path:
 
 
 def training_curves(log_csv: str | Path, out_png: str | Path, title: str = "CNN training") -> Path:
-    """Loss and accuracy, train against validation, from a Keras CSVLogger file."""
+    """Loss and accuracy, train against validation, from a Keras CSVLogger file.
+
+    A run without validation data has only "NA" in its val_ columns; then only the training curve is drawn.
+    """
     plt = _pyplot()
     rows = list(csv.DictReader(open(log_csv)))
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
-        if key in rows[0]:
-            ax.plot(epochs, [float(r[key]) for r in rows], "o-", label="train")
-        if f"val_{key}" in rows[0]:
-            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "s-", label="validation")
+        for column, marker, label in ((key, "o-", "train"), (f"val_{key}", "s-", "validation")):
+            if column in rows[0] and all(r[column] not in ("", "NA") for r in rows):
+                ax.plot(epochs, [float(r[column]) for r in rows], marker, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

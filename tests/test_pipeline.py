@@ -52,6 +52,30 @@ def test_stages_write_their_outputs(trained):
     cnn = json.loads((trained / "model/cnn.json").read_text())
     assert cnn["hyperparameters"]["width"] == 0.5
     assert cnn["params"] < 40_000  # half-width filters: about a quarter of the full model's weights
+    # The default keeps no scene from the CNN: it trains on every photo, and the meta-network's folds cover them all.
+    assert cnn["meta_scenes"] == [] and cnn["images"]["cnn_fit"] == len(train["meta"])
+    assert meta["data"]["validated_on_cnn_photos"] and meta["data"]["meta_validation_images"] == len(train["meta"])
+
+
+def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
+    """With --meta-fraction, the CNN never sees the held scenes, and train.py validates on those photos only."""
+    import pickle
+
+    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5", "--meta-fraction", "0.4",
+          "--out", "model_held", cwd=trained)
+    stage("train.py", "--model", "model_held", "--out", "final_held", "--folds", "2", "--max-epochs", "3",
+          "--patience", "2", "--members", "1", cwd=trained)
+    with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written by the pipeline
+        scenes = [m["scene"] for m in pickle.load(fh)["meta"]]
+    cnn = json.loads((trained / "model_held/cnn.json").read_text())
+    held = set(cnn["meta_scenes"])
+    assert held and held < set(scenes)
+    assert cnn["images"]["meta_holdout"] == sum(s in held for s in scenes) > 0
+    assert cnn["images"]["cnn_fit"] + cnn["images"]["meta_holdout"] == len(scenes)
+    assert cnn["patches"]["val"] > 0 and cnn["val_patch_metrics"]
+    meta = json.loads((trained / "final_held/metadata.json").read_text())
+    assert not meta["data"]["validated_on_cnn_photos"]
+    assert meta["data"]["meta_validation_images"] == cnn["images"]["meta_holdout"]
 
 
 def test_evaluation_table_json_and_plots(trained):
