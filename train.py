@@ -3,8 +3,9 @@
 
 Writes final_model/meta.keras, meta.onnx and metadata.json (data fingerprint and counts, hyper-parameters,
 cross-validated metrics, thresholds, date, library versions). It trains on every training image and is validated
-and Platt-calibrated on out-of-fold predictions for the images held out from the CNN. Several such networks, one
-per seed (--members), are averaged into the one shipped model.
+and Platt-calibrated on out-of-fold predictions over scene folds: of every image by default, or only of the
+scenes CNN.py --meta-fraction kept away from the CNN. Several such networks, one per seed (--members), are
+averaged into the one shipped model.
 """
 import argparse
 

@@ -103,6 +103,8 @@ def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     """Split the training pickle by scene into (cnn_fit_idx, meta_idx): the CNN never trains on meta_idx, so the
     meta-network can be judged there on the CNN's honest, not its memorised, outputs. ``fraction`` 0 keeps
     nothing back: every image trains the CNN and meta_idx is empty."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"meta_fraction must be at least 0 and below 1, got {fraction}")
     if fraction == 0:
         return np.arange(len(data), dtype=np.int64), np.zeros(0, np.int64)
     return datasets.split_by_scene([m["scene"] for m in data.meta], fraction, seed + 1, labels=data.labels)

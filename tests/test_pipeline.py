@@ -114,3 +114,12 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_meta_fraction_out_of_range_is_a_one_line_error(trained):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "CNN.py"), "--meta-fraction", "1", "--out", "model_bad"],
+                          cwd=trained, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: meta_fraction must be at least 0 and below 1, got 1.0" in proc.stderr.splitlines()
+    assert not (trained / "model_bad" / "cnn.keras").exists()

@@ -363,8 +363,8 @@ class JobManager:
         place, cancelled if that was asked, failed otherwise. Removes what is left of its work folder."""
         state = self._read(job_id)
         job_dir = self.dir / job_id
-        settled = state["status"] not in FINISHED
-        if settled:
+        unsettled = state["status"] not in FINISHED  # settled here, unless its process still runs
+        if unsettled:
             if not self._run_lock_free():
                 return state  # still running
             model = self.models_dir / state["model"] / "final_model" / "metadata.json"
@@ -382,7 +382,7 @@ class JobManager:
                 state.update(status="failed", stage="failed", error=f"the training process stopped unexpectedly{code}")
             state["finished"] = state.get("finished") or _now()
         shutil.rmtree(job_dir / "work", ignore_errors=True)  # before a settled status is written: see run_job
-        if settled:
+        if unsettled:
             self._write(state)
         return state
 
