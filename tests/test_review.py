@@ -551,6 +551,39 @@ def test_plan_apply_and_undo_round_trip(tmp_path):
         assert {i["path"]: i["o"] for i in items(client)}["p10_sharp_rejected.jpg"] == "reject"  # choices survive
 
 
+def test_apply_and_undo_report_progress_file_by_file(tmp_path, monkeypatch):
+    from ensemble.review import actions
+
+    root = tmp_path / "photos"
+    for i in range(5):
+        photo(root / f"p9{i}_blurry.jpg", seed=i)
+    seen = []
+
+    def watching(real):
+        def run(*args):
+            *rest, progress = args
+
+            def spy(done, total):
+                progress(done, total)
+                seen.append(service.status()["work"])  # what the page's status poll would get now
+            return real(*rest, spy)
+        return run
+
+    monkeypatch.setattr(actions, "apply", watching(actions.apply))
+    monkeypatch.setattr(actions, "undo_journal", watching(actions.undo_journal))
+    with review(root) as (service, client):
+        assert service.wait_idle(WAIT)
+        assert client.get("/api/review/status").json()["work"] is None
+        paths = [i["path"] for i in client.get("/api/review/plan", params={"threshold": 0.5}).json()["items"]]
+        assert len(client.post("/api/review/apply", json={"threshold": 0.5, "paths": paths}).json()["done"]) == 5
+        assert seen == [{"verb": "move", "done": n, "total": 5} for n in range(6)]
+        assert client.get("/api/review/status").json()["work"] is None  # cleared when it ends
+        seen.clear()
+        assert len(client.post("/api/review/undo").json()["done"]) == 5
+        assert seen == [{"verb": "restore", "done": n, "total": 5} for n in range(6)]
+        assert client.get("/api/review/status").json()["work"] is None
+
+
 def test_undo_refuses_a_planted_journal(tmp_path, folder):
     outside = photo(tmp_path / "elsewhere" / "p50_victim.jpg")
     journal = folder / "_blurry" / ".blur-detect-journal-planted.jsonl"

@@ -223,6 +223,24 @@ def test_review_page_override_apply_undo(folder, server, tmp_path):
             expected = sorted((set(blurry) - {to_keep}) | {to_reject})
             assert page.inner_text("#apply") == f"Apply ({len(expected)})…"
 
+            # A dialog keeps keyboard focus inside while it is open and hands it back when it closes.
+            inside = "id => document.getElementById(id).contains(document.activeElement)"
+            page.click("#apply")
+            page.wait_for_selector("#plan:not([hidden]) .plan-list")
+            for key in ["Tab"] * 4 + ["Shift+Tab"] * 5:
+                page.keyboard.press(key)
+                assert page.evaluate(inside, "plan"), f"{key} left the plan dialog"
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#plan", state="hidden")
+            assert page.evaluate("() => document.activeElement.id") == "apply"
+            page.keyboard.press("?")
+            page.wait_for_selector("#help", state="visible")
+            for key in ("Tab", "Shift+Tab"):
+                page.keyboard.press(key)
+                assert page.evaluate(inside, "help"), f"{key} left the help dialog"
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#help", state="hidden")
+
             # Apply shows the plan first, then moves exactly those files.
             page.keyboard.press("a")
             page.wait_for_selector("#plan:not([hidden]) .plan-list")

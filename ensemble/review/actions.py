@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..fsutil import OutsideRootError, confine
 from ..sorting import JOURNAL_PREFIX, SortingError, apply_moves, new_journal_path, plan_moves, read_journal, undo
@@ -29,6 +29,11 @@ class Report:
     journal: Optional[str] = None
     error: Optional[str] = None
 
+    @property
+    def count(self) -> int:
+        """Files handled so far, whatever their outcome."""
+        return len(self.done) + len(self.failed) + len(self.skipped)
+
     def as_dict(self) -> dict:
         return {
             "done": [{"from": a, "to": b} for a, b in self.done],
@@ -39,7 +44,15 @@ class Report:
         }
 
 
-def apply(root: Path, files: list[Path]) -> Report:
+Progress = Callable[[int, int], None]
+"""Called with (files handled, files in all) before the first file and after each, from the thread doing the work."""
+
+
+def _quiet(done: int, total: int) -> None:
+    pass
+
+
+def apply(root: Path, files: list[Path], progress: Progress = _quiet) -> Report:
     """Move ``files`` (absolute, inside ``root``) into ``root/_blurry`` with a new journal there."""
     dest = root / DEST_DIR
     plan = plan_moves([str(f) for f in files], dest, base_of=lambda _path: str(root))
@@ -48,12 +61,14 @@ def apply(root: Path, files: list[Path]) -> Report:
         return report
     journal = new_journal_path(dest)
     report.journal = _rel(root, journal)
+    progress(0, len(plan))
     try:
         for outcome in apply_moves(plan, journal):
             if outcome.ok:
                 report.done.append((_rel(root, outcome.src), _rel(root, outcome.dst)))
             else:
                 report.failed.append((_rel(root, outcome.src), outcome.error or "failed"))
+            progress(report.count, len(plan))
     except SortingError as err:  # the journal could not be written: apply_moves stopped
         report.error = str(err)
     if not os.path.exists(journal):
@@ -61,7 +76,7 @@ def apply(root: Path, files: list[Path]) -> Report:
     return report
 
 
-def undo_journal(root: Path, journal: str) -> tuple[Report, bool]:
+def undo_journal(root: Path, journal: str, progress: Progress = _quiet) -> tuple[Report, bool]:
     """Undo the apply recorded in ``journal`` (relative to ``root``).
 
     Also returns whether the journal is settled: fully undone (sorting renamed it ``.undone``), gone, or refused
@@ -70,10 +85,11 @@ def undo_journal(root: Path, journal: str) -> tuple[Report, bool]:
     """
     report = Report(journal=journal)
     try:
-        path = _journal_path(root, journal)
+        path, total = _journal_path(root, journal)
     except SortingError as err:
         report.error = str(err)
         return report, True
+    progress(0, total)
     try:
         for outcome in undo(path):
             if not outcome.ok:
@@ -82,14 +98,16 @@ def undo_journal(root: Path, journal: str) -> tuple[Report, bool]:
                 report.done.append((_rel(root, outcome.dst), _rel(root, outcome.src)))
             else:
                 report.skipped.append((_rel(root, outcome.src), outcome.note or "skipped"))
+            progress(report.count, total)
     except SortingError as err:
         report.error = str(err)
     settled = not os.path.exists(path)  # sorting renames a fully undone journal to <name>.undone
     return report, settled
 
 
-def _journal_path(root: Path, journal: str) -> Path:
-    """The journal file, refused unless it and every file it names lie inside ``root``.
+def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
+    """The journal file and how many files it moved or copied, refused unless it and every file it names lie
+    inside ``root``.
 
     The state file that names the journal sits in the user's folder: a hand-edited or planted journal must not
     make the page move files anywhere else.
@@ -100,15 +118,15 @@ def _journal_path(root: Path, journal: str) -> Path:
         raise SortingError(f"journal {journal} is not inside {DEST_DIR}/: refused") from None
     if not path.name.startswith(JOURNAL_PREFIX):
         raise SortingError(f"{journal} is not a blur-detect journal: refused")
-    if os.path.exists(path):
-        for entry in read_journal(path):
-            for key in ("path", "src", "dst"):
-                if key in entry:
-                    try:
-                        confine(root, entry[key])
-                    except OutsideRootError:
-                        raise SortingError(f"journal {journal} names a file outside the folder: refused") from None
-    return path
+    entries = read_journal(path) if os.path.exists(path) else []
+    for entry in entries:
+        for key in ("path", "src", "dst"):
+            if key in entry:
+                try:
+                    confine(root, entry[key])
+                except OutsideRootError:
+                    raise SortingError(f"journal {journal} names a file outside the folder: refused") from None
+    return path, sum(entry["op"] != "mkdir" for entry in entries)
 
 
 def _rel(root: Path, path: str) -> str:

@@ -109,6 +109,7 @@ class ReviewService:
         self.scanner = Scanner(root, self.results, get_detector, workers, batch)
         self.epoch = secrets.token_hex(6)  # changes on restart, telling the page to drop what it holds
         self._busy = threading.Lock()  # one apply or undo at a time
+        self._work: Optional[dict] = None  # the running apply's or undo's progress, for status()
         self.router = self._build_router()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -127,8 +128,9 @@ class ReviewService:
     # -- views of the state ------------------------------------------------------------------------------------
     def status(self) -> dict:
         """Progress (``total``, ``done``, ``errors``, ``pending`` photos; ``phase``, ``rate`` in photos/s, ``eta_s``),
-        the ``threshold`` in use (saved, else the model's), the uncertain ``band``, and how many applies
-        ``undo_available`` can still undo."""
+        the ``threshold`` in use (saved, else the model's), the uncertain ``band``, how many applies
+        ``undo_available`` can still undo, and ``work``: ``{"verb": "move" | "restore", "done", "total"}`` files
+        while an apply or undo runs, else None."""
         scan = self.scanner.status()
         overrides, saved, journals = self.state.snapshot()
         counts = self.results.counts(scan["model"])
@@ -150,7 +152,14 @@ class ReviewService:
             "overrides": len(overrides),
             "undo_available": len(journals),
             "busy": self._busy.locked(),
+            "work": self._work,
         }
+
+    def _follow(self, verb: str) -> actions.Progress:
+        """The callback that publishes an apply's or undo's progress in :meth:`status`."""
+        def progress(done: int, total: int) -> None:
+            self._work = {"verb": verb, "done": done, "total": total}
+        return progress
 
     def _threshold(self, saved: Optional[float], scan: Optional[dict] = None) -> float:
         if saved is not None:
@@ -298,12 +307,13 @@ class ReviewService:
                     except HTTPException:
                         continue  # gone or changed since the plan: left out, counted in not_moved
                     files.append(Path(entry.path))  # the listed path: a link is refused by sorting, not followed
-                report = actions.apply(self.root, files)
+                report = actions.apply(self.root, files, self._follow("move"))
                 self.results.remove(src for src, _ in report.done)
                 if report.journal:
                     self._save(lambda: self.state.push_journal(report.journal))
                 return {**report.as_dict(), "not_moved": len(confirmed) - len(files)}
             finally:
+                self._work = None
                 self._busy.release()
 
         @router.post("/api/review/undo", dependencies=changes, summary="Put back the files of the last apply")
@@ -314,12 +324,13 @@ class ReviewService:
                 journals = self.state.snapshot()[2]
                 if not journals:
                     raise HTTPException(409, "nothing to undo")
-                report, settled = actions.undo_journal(self.root, journals[-1])
+                report, settled = actions.undo_journal(self.root, journals[-1], self._follow("restore"))
                 if settled:
                     self._save(lambda: self.state.drop_journal(journals[-1]))
                 self.scanner.rescan()  # the restored photos come back into the grid
                 return {**report.as_dict(), "settled": settled, "undo_available": len(journals) - settled}
             finally:
+                self._work = None
                 self._busy.release()
 
         @router.post("/api/review/rescan", dependencies=changes, status_code=202, summary="List the folder again")

@@ -13,6 +13,7 @@
   const POLL_BUSY_MS = 700;       // while the scan runs
   const POLL_IDLE_MS = 2500;      // while it is idle (catches rescans and other tabs)
   const POLL_HIDDEN_MS = 6000;    // tab in the background
+  const WORK_POLL_MS = 250;       // while an apply or undo moves files
   const SAVE_THRESHOLD_MS = 400;  // slider settles before it is saved
 
   const S = {
@@ -37,9 +38,44 @@
     failures: 0,
     renderQueued: false,
     pollTimer: null,
+    opener: {},            // dialog id -> the element focused before it opened (focus goes back there)
   };
 
   const $ = (id) => document.getElementById(id);
+
+  // ---- dialogs: focus moves in on open, stays inside while open (Tab cycles), and goes back on close ----------
+  const DIALOGS = ['help', 'plan', 'detail'];  // topmost first
+  const FOCUSABLE = 'button, [href], input, select, textarea, [tabindex]:not([tabindex="-1"])';
+
+  function showDialog(id, focus) {
+    if ($(id).hidden) S.opener[id] = document.activeElement;
+    $(id).hidden = false;
+    focus.focus({ preventScroll: true });
+  }
+
+  function hideDialog(id) {
+    if ($(id).hidden) return;
+    $(id).hidden = true;
+    const back = S.opener[id];
+    S.opener[id] = null;
+    if (back && back.isConnected && back !== document.body) back.focus({ preventScroll: true });
+  }
+
+  /** Keep Tab / Shift+Tab inside the topmost open dialog; true if one is open. */
+  function trapTab(e) {
+    const id = DIALOGS.find((d) => !$(d).hidden);
+    if (!id) return false;
+    const items = [...$(id).querySelectorAll(FOCUSABLE)].filter((el) => !el.disabled && el.getClientRects().length);
+    const active = document.activeElement;
+    const at = items.indexOf(active);
+    if (!items.length) {
+      e.preventDefault();
+    } else if (at < 0 || (e.shiftKey && at === 0) || (!e.shiftKey && at === items.length - 1)) {
+      e.preventDefault();
+      items[e.shiftKey ? items.length - 1 : 0].focus();
+    }
+    return true;
+  }
   const grid = $('grid');
   const tileTemplate = $('tile-template');
 
@@ -235,18 +271,25 @@
   function renderStatus(st) {
     S.status = st;
     document.body.dataset.phase = st.phase;
+    document.body.dataset.work = st.work ? st.work.verb : '';
     // Left-to-right marks: the rtl box ellipsises the start of a long path without moving its slashes.
     $('root-name').textContent = `\u200e${st.root}\u200e`;
     $('root-name').title = st.root;
     document.title = `Blur review · ${st.name}`;
     $('folder-name').textContent = st.name;
     const text = $('progress-text');
-    const frac = st.total ? st.done / st.total : st.phase === 'idle' ? 1 : 0;
+    const work = st.work;  // an apply or undo moving files: shown in place of the scan
+    const frac = work ? (work.total ? work.done / work.total : 0)
+      : st.total ? st.done / st.total : st.phase === 'idle' ? 1 : 0;
     $('progress-fill').style.width = `${(100 * frac).toFixed(1)}%`;
     $('progress-track').setAttribute('aria-valuenow', String(Math.round(100 * frac)));
     text.classList.toggle('bad', !!st.error);
     const errors = st.errors ? ` · ${fmt(st.errors)} unreadable` : '';
-    if (st.error) {
+    if (work) {
+      const line = `${work.verb === 'move' ? 'Moving' : 'Putting back'} ${fmt(work.done)} / ${fmt(work.total)}…`;
+      text.textContent = line;
+      if (work.verb === 'move' && $('plan-confirm').disabled) $('plan-confirm').textContent = line;
+    } else if (st.error) {
       text.textContent = st.error;
     } else if (st.phase === 'listing' || st.phase === 'starting') {
       text.textContent = st.total ? `Looking for new photos… ${fmt(st.total)} so far` : 'Looking for photos…';
@@ -384,15 +427,15 @@
     if (!S.items.has(path)) return;
     S.detail = path;
     select(path, false);
-    $('detail').hidden = false;
     renderDetail(true);
-    $('detail-close').focus({ preventScroll: true });
+    showDialog('detail', $('detail-close'));
   }
 
   function closeDetail() {
     const path = S.detail;
     S.detail = null;
     $('detail').hidden = true;
+    S.opener.detail = null;  // focus goes to the photo's tile instead, below
     for (const id of ['detail-photo', 'detail-map']) $(id).removeAttribute('src');
     if (path) select(path);
   }
@@ -547,8 +590,26 @@
     confirm.textContent = `Move ${fmt(n)} photo${n === 1 ? '' : 's'}`;
     $('plan-cancel').textContent = 'Cancel';
     $('plan-undo').hidden = true;
-    $('plan').hidden = false;
-    (n ? confirm : $('plan-cancel')).focus();
+    showDialog('plan', n ? confirm : $('plan-cancel'));
+  }
+
+  /** Run ``request`` (an apply or undo), showing the server's file-by-file progress until it answers. */
+  async function withProgress(request) {
+    let live = true;
+    const pause = () => new Promise((done) => setTimeout(done, WORK_POLL_MS));
+    (async () => {
+      for (await pause(); live; await pause()) {
+        try {
+          const st = await api('api/review/status');
+          if (live) renderStatus(st);  // a late answer must not bring back a finished bar
+        } catch (err) { /* the regular poll reports lost contact */ }
+      }
+    })();
+    try {
+      return await request();
+    } finally {
+      live = false;
+    }
   }
 
   async function doApply() {
@@ -559,9 +620,9 @@
     confirm.textContent = 'Moving…';
     let res;
     try {
-      res = await api('api/review/apply', {
+      res = await withProgress(() => api('api/review/apply', {
         method: 'POST', body: JSON.stringify({ threshold: plan.threshold, paths: plan.items.map((i) => i.path) }),
-      });
+      }));
     } catch (err) {
       confirm.disabled = false;
       confirm.textContent = 'Try again';
@@ -601,8 +662,7 @@
     $('plan-confirm').hidden = true;
     $('plan-undo').hidden = verb !== 'Moved' || !n;
     $('plan-cancel').textContent = 'Close';
-    $('plan').hidden = false;
-    $('plan-cancel').focus();
+    showDialog('plan', $('plan-cancel'));
   }
 
   async function doUndo() {
@@ -610,13 +670,13 @@
     button.disabled = true;
     $('plan-undo').disabled = true;
     try {
-      const res = await api('api/review/undo', { method: 'POST' });
+      const res = await withProgress(() => api('api/review/undo', { method: 'POST' }));
       const n = res.done.length;
       if (res.failed.length || res.error) {
         showReport('Restored', res, '');
         toast(`Undo: ${fmt(n)} restored, ${fmt(res.failed.length)} could not be`, 'bad');
       } else {
-        $('plan').hidden = true;
+        hideDialog('plan');
         toast(`Restored ${fmt(n)} photo${n === 1 ? '' : 's'} to where they were.`, 'good');
       }
     } catch (err) {
@@ -686,30 +746,31 @@
   $('undo').addEventListener('click', doUndo);
   $('plan-confirm').addEventListener('click', doApply);
   $('plan-undo').addEventListener('click', doUndo);
-  $('plan-cancel').addEventListener('click', () => { $('plan').hidden = true; });
-  $('help-btn').addEventListener('click', () => { $('help').hidden = false; $('help-close').focus(); });
-  $('help-close').addEventListener('click', () => { $('help').hidden = true; });
+  $('plan-cancel').addEventListener('click', () => hideDialog('plan'));
+  $('help-btn').addEventListener('click', () => showDialog('help', $('help-close')));
+  $('help-close').addEventListener('click', () => hideDialog('help'));
   for (const id of ['plan', 'help']) {
-    $(id).addEventListener('click', (e) => { if (e.target === $(id)) $(id).hidden = true; });
+    $(id).addEventListener('click', (e) => { if (e.target === $(id)) hideDialog(id); });
   }
 
   document.addEventListener('keydown', (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === 'Tab') { trapTab(e); return; }
     const target = e.target;
     const typing = target instanceof HTMLInputElement && target.type !== 'checkbox' && target.type !== 'range';
     if (typing || target instanceof HTMLTextAreaElement) return;
     if (target instanceof HTMLInputElement && target.type === 'range' && e.key.startsWith('Arrow')) return;
     const key = e.key;
     if (key === 'Escape') {
-      if (!$('help').hidden) $('help').hidden = true;
-      else if (!$('plan').hidden) $('plan').hidden = true;
+      if (!$('help').hidden) hideDialog('help');
+      else if (!$('plan').hidden) hideDialog('plan');
       else if (S.detail) closeDetail();
       else return;
       e.preventDefault();
       return;
     }
     if (!$('plan').hidden || !$('help').hidden) {
-      if (key === '?' && !$('help').hidden) { $('help').hidden = true; e.preventDefault(); }
+      if (key === '?' && !$('help').hidden) { hideDialog('help'); e.preventDefault(); }
       return;  // a dialog is open: Tab / Enter work on its buttons
     }
     const cols = columns();
@@ -726,7 +787,7 @@
       m: () => { if (S.detail && !$('detail-toggle').disabled) $('detail-toggle').click(); },
       Enter: () => { if (!S.detail && S.sel && !(target instanceof HTMLButtonElement)) openDetail(S.sel); },
       a: () => (S.detail ? null : openPlan()),
-      '?': () => { $('help').hidden = false; $('help-close').focus(); },
+      '?': () => showDialog('help', $('help-close')),
     }[key.length === 1 ? key.toLowerCase() : key];
     if (!handled) return;
     if (key === 'Enter' && target instanceof HTMLButtonElement) return;  // let the button do its own thing
