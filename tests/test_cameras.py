@@ -137,6 +137,53 @@ def test_clear_degraded_blurry_and_back(server, detector, tmp_path):
 
 
 @needs_model
+def test_confirm_holds_a_new_state_until_it_repeats(server, detector, tmp_path):
+    config = write_config(tmp_path / "cams.yaml", [
+        {"name": "steady", "url": server.url("/scene/flap")},
+        {"name": "twitchy", "url": server.url("/scene/flap"), "confirm": 1},  # its own setting wins
+    ])
+    mon = monitor_for(detector, config, confirm=2)
+
+    def check(sigma: float):
+        server.sigma["flap"] = sigma
+        done = mon.run_round()
+        return by_name(done), [(e.camera, e.previous, e.state) for e in done.events]
+
+    checks, events = check(0.0)  # a first check is reported as found, without waiting
+    assert checks["steady"].state == "CLEAR" and len(events) == 2
+    for _ in range(2):
+        check(0.0)
+    history = list(mon.states["steady"].history)
+    assert len(history) == 3
+
+    checks, events = check(2.5)  # once: held, and the reason says what is pending
+    assert checks["steady"].state == "CLEAR" and checks["steady"].reason.startswith("BLURRY in 1 of 2 checks: ")
+    assert events == [("twitchy", "CLEAR", "BLURRY")]
+    assert mon.states["steady"].history == history  # reported CLEAR, but a blurred frame never feeds the baseline
+
+    checks, events = check(0.0)  # it flapped back: nothing to report, and the count starts again
+    assert checks["steady"].state == "CLEAR" and checks["steady"].reason == ""
+    assert events == [("twitchy", "BLURRY", "CLEAR")]
+    assert mon.states["steady"].pending is None
+
+    check(2.5)
+    checks, events = check(2.5)  # twice in a row: now it is reported
+    assert checks["steady"].state == "BLURRY" and "blur probability" in checks["steady"].reason
+    assert events == [("steady", "CLEAR", "BLURRY")]
+
+    # The pending count survives a restart: it is in the state file.
+    store = StateFile(tmp_path / "state.json")
+    check(0.0)
+    store.save(mon.states)
+    states, warning = store.load()
+    assert warning is None and (states["steady"].pending, states["steady"].pending_count) == ("CLEAR", 1)
+    mon = Monitor(mon.cameras, detector, states, mon.settings)
+    checks, events = check(0.0)
+    assert checks["steady"].state == "CLEAR" and events == [("steady", "BLURRY", "CLEAR")]
+    server.sigma["flap"] = 0.0
+
+
+@needs_model
 def test_per_camera_threshold_and_drop(server, detector, tmp_path):
     config = write_config(tmp_path / "cams.yaml", [
         {"name": "strict", "url": server.url("/scene/pair"), "drop": "90%"},
@@ -744,6 +791,44 @@ def test_watch_stops_cleanly_on_ctrl_c_and_sigterm(server, tmp_path):
         assert stderr.strip().splitlines()[-1].startswith(f"{word} after ")
         assert json.loads((tmp_path / "cams.state.json").read_text())["cameras"]["lens"]["state"] == "CLEAR"
         assert report.read_text().splitlines()[1].split()[:2] == ["lens", "CLEAR"]
+
+
+@needs_model
+def test_watch_reloads_an_edited_config_and_keeps_going_on_a_broken_one(server, tmp_path):
+    config = write_config(tmp_path / "cams.yaml", [{"name": "lens", "url": server.url("/scene/reload-a")}])
+    report = tmp_path / "report.txt"
+
+    def wait_for_report(cameras: list[str]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lines = report.read_text().splitlines() if report.exists() else []
+            if sorted(line.split()[0] for line in lines[1:] if line and not line.startswith(" ")
+                      and line.split()[0] in {"lens", "dock"}) == sorted(cameras):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the report never listed {cameras}: {report.read_text()}")
+
+    proc = popen_cli(config, "--watch", "1", "--report", report, "--state", tmp_path / "state.json")
+    try:
+        wait_for_report(["lens"])
+        write_config(config, [{"name": "lens", "url": server.url("/scene/reload-a")},
+                              {"name": "dock", "url": server.url("/scene/reload-b"), "password_env": "CAM_PASS",
+                               "username_env": "CAM_USER"}])
+        wait_for_report(["dock", "lens"])
+        config.write_text("cameras: [{name: lens, url: http://x/, frames: many}]")  # a slip while editing
+        time.sleep(2.5)  # two more rounds, still with both cameras
+        wait_for_report(["dock", "lens"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    lines = stderr.strip().splitlines()
+    assert "config reloaded: 2 cameras (added: dock)" in lines
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [f"warning: {config}: camera 'lens': frames: 'many' is not a number; "
+                        "still checking the 2 cameras loaded before"]  # once, not every round
+    assert "Traceback" not in stderr and PASSWORD not in stderr
+    assert json.loads((tmp_path / "state.json").read_text())["cameras"]["lens"]["history"]  # its baseline went on
 
 
 def test_snapshot_names_are_safe_and_distinct():

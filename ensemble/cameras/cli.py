@@ -2,12 +2,14 @@
 
     blur-detect cameras CONFIG [--once | --watch SECONDS [--rounds N]] [--report FILE] [--events FILE]
                                [--snapshots DIR] [--format table|json|csv|nagios] [--state FILE]
-                               [--baseline K] [--drop PCT] [--timeout S] [--threshold P]
-                               [--reset-baseline NAME] [--model DIR] [--workers N]
+                               [--baseline K] [--drop PCT] [--confirm N] [--timeout S]
+                               [--threshold P] [--reset-baseline NAME] [--model DIR] [--workers N]
 
 Output: the report of each round goes to stdout, or replaces ``--report FILE`` whole (atomically). An event line
 goes to stderr when a camera changes state, and only then (also appended to ``--events FILE`` as JSON), so a cron
 job whose report goes to a file prints, and mails, only on a change. Errors are one ``error:`` line on stderr.
+``--watch`` reads CONFIG again before a round when the file has changed; a config that is unusable then is one
+``warning:`` line, and the cameras loaded before are still checked.
 
 Exit status (``--once``, or the last round of ``--watch --rounds N``), the same as a Nagios plugin's: 0 every
 camera CLEAR; 1 some DEGRADED, BLURRY or INVALID (WARNING); 2 some UNREACHABLE (CRITICAL; wins over 1); 3 the
@@ -71,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true", help="check every camera once and exit (the default)")
     mode.add_argument("--watch", type=_bounded(float, *WATCH_LIMITS, "number"), metavar="SECONDS",
                       help=f"check every SECONDS ({WATCH_LIMITS[0]:g} to {WATCH_LIMITS[1]:g}) until stopped; a round "
-                           "that overruns is followed by the next one at once, never by a backlog")
+                           "that overruns is followed by the next one at once, never by a backlog. An edited CONFIG "
+                           "is read again before the next round (an unusable one is a warning and changes nothing)")
     p.add_argument("--rounds", type=_bounded(int, 1, 10**9, "number"), metavar="N",
                    help="with --watch: stop after N rounds and exit with the last round's status (default: never)")
     p.add_argument("-f", "--format", choices=("table", "json", "csv", "nagios"), default="table",
@@ -94,6 +97,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop", type=_bounded(float, 1, 99, "percentage"), default=50.0, metavar="PCT",
                    help="DEGRADED when the focus score is more than PCT%% below the baseline; a camera's 'drop' "
                         "overrides it (default: 50)")
+    p.add_argument("--confirm", type=_bounded(int, 1, 100, "number"), default=1, metavar="N",
+                   help="report a camera's new state only once N checks in a row have found it, so that a camera "
+                        "flapping between two states does not alert every time; a camera's 'confirm' overrides "
+                        "it (default: 1, at once)")
     p.add_argument("--timeout", type=_bounded(float, 0.5, 600, "number"), default=10.0, metavar="S",
                    help="seconds to grab one camera's frames; a camera's 'timeout' overrides it (default: 10)")
     p.add_argument("-t", "--threshold", type=probability_arg, metavar="P",
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from .grab import quiet_native_logs
 
     quiet_native_logs()  # before anything opens a video: FFmpeg's messages may quote a URL with its password
+    stamp = _stamp(args.config)  # before reading it: an edit made meanwhile is picked up by --watch
     try:
         cameras = load_config(args.config)
     except ConfigError as err:
@@ -188,10 +196,10 @@ def run(args: argparse.Namespace) -> int:
         from .monitor import Monitor, Settings
 
         settings = Settings(baseline_size=args.baseline, drop=args.drop / 100.0, timeout=args.timeout,
-                            threshold=detector.threshold, workers=args.workers or 0)
+                            threshold=detector.threshold, confirm=args.confirm, workers=args.workers or 0)
         monitor = Monitor(cameras, detector, states, settings)
         monitor.reset_baseline(resets)
-        session = _Session(args, monitor, store, say, secrets)
+        session = _Session(args, monitor, store, say, secrets, stamp)
         if args.watch is None:
             return session.once()
         return session.watch(args.watch, args.rounds)
@@ -199,13 +207,26 @@ def run(args: argparse.Namespace) -> int:
         store.unlock()
 
 
-class _Session:
-    """Runs rounds and does all their output: report, event lines, events file, snapshots, state file."""
+def _stamp(path: str) -> Optional[tuple[int, int, int]]:
+    """What tells an edited file apart (modification time, size, inode: an editor may replace the file), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def __init__(self, args, monitor, store, say, secrets):
+
+class _Session:
+    """Runs rounds and does all their output: report, event lines, events file, snapshots, state file.
+
+    ``secrets`` is the list that ``say`` scrubs from every line; a reloaded config adds its own to it in place.
+    """
+
+    def __init__(self, args, monitor, store, say, secrets, config_stamp):
         from .snapshots import snapshot_stems
 
         self.args, self.monitor, self.store, self.say, self.secrets = args, monitor, store, say, secrets
+        self.config_stamp = config_stamp
         self.stems = snapshot_stems(c.name for c in monitor.cameras)
         self._snapshot_errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -267,6 +288,35 @@ class _Session:
         except OSError as err:
             self.say(f"error: cannot append to {self.args.events}: {err.strerror or err}")
 
+    def reload_config(self) -> None:
+        """Read CONFIG again if it changed since it was last read; keep the cameras in use if it is unusable."""
+        from .config import ConfigError, load_config
+        from .snapshots import snapshot_stems
+
+        stamp = _stamp(self.args.config)
+        if stamp == self.config_stamp:
+            return
+        self.config_stamp = stamp  # an unusable version is reported once, not every round
+        try:
+            cameras = load_config(self.args.config)
+        except ConfigError as err:
+            n = len(self.monitor.cameras)
+            self.say(f"warning: {err}; still checking the {n} camera{'' if n == 1 else 's'} loaded before")
+            return
+        before = {c.name: c for c in self.monitor.cameras}
+        after = {c.name: c for c in cameras}
+        # Old secrets stay: a grab that outlived its round may still report with them.
+        self.secrets[:] = sorted(set(self.secrets) | {s for c in cameras for s in c.secrets()}, key=len,
+                                 reverse=True)
+        self.monitor.set_cameras(cameras)
+        self.stems = snapshot_stems(after)
+        parts = [f"{what}: {', '.join(names)}" for what, names in (
+            ("added", [n for n in after if n not in before]),
+            ("removed", [n for n in before if n not in after]),
+            ("changed", [n for n in after if n in before and after[n] != before[n]])) if names]
+        self.say(f"config reloaded: {len(cameras)} camera{'' if len(cameras) == 1 else 's'}"
+                 + (f" ({'; '.join(parts)})" if parts else ""))
+
     # -- modes --------------------------------------------------------------------------------------------------
     def once(self) -> int:
         from .grab import Cancelled
@@ -292,6 +342,8 @@ class _Session:
         try:
             while True:
                 try:
+                    if done:
+                        self.reload_config()
                     status = self.round(threading.Event())
                 except (KeyboardInterrupt, _Terminated, Cancelled):
                     raise

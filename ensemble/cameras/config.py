@@ -39,10 +39,11 @@ LIMITS = {  # key: (lowest, highest) accepted
     "frame_interval": (0.0, 60.0),
     "timeout": (0.5, 600.0),
     "drop": (1.0, 99.0),
+    "confirm": (1, 100),
 }
 
 CAMERA_KEYS = ("name", "url", "kind", "auth", "username_env", "password_env", "token_env", "verify_tls",
-               "threshold", "drop", "frames", "frame_interval", "timeout")
+               "threshold", "drop", "confirm", "frames", "frame_interval", "timeout")
 DEFAULT_KEYS = CAMERA_KEYS[2:]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -67,6 +68,12 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    def __eq__(self, other: object) -> bool:  # so that a reloaded config can tell which cameras changed
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
     def __repr__(self) -> str:
         return "'***'"
 
@@ -84,7 +91,8 @@ class Camera:
     kept as written): the only form that may be printed or stored. ``source`` is the URL as written in the config,
     ``${VAR}`` placeholders unresolved; :meth:`target` builds the URL actually opened. ``threshold`` is a blur
     probability (None: the model's; ``inf``: never BLURRY); ``drop`` a fraction (0.5 = 50 %); ``timeout`` and
-    ``frame_interval`` seconds. ``None`` means "use the command-line default".
+    ``frame_interval`` seconds; ``confirm`` the checks in a row that a new state needs before it is reported.
+    ``None`` means "use the command-line default".
     """
 
     name: str
@@ -99,6 +107,7 @@ class Camera:
     verify_tls: bool = True
     threshold: Optional[float] = None
     drop: Optional[float] = None
+    confirm: Optional[int] = None
     frames: int = 1
     frame_interval: float = 0.5
     timeout: Optional[float] = None
@@ -379,6 +388,7 @@ def _camera(entry: Any, defaults: dict, number: int, where: str, environ: Mappin
     verify_tls = _bool(merged, "verify_tls", fail)
     threshold = _threshold(merged, fail)
     drop = _number(merged, "drop", fail, percent=True)
+    confirm = _number(merged, "confirm", fail, integer=True)
     frames = _number(merged, "frames", fail, integer=True)
     interval = _number(merged, "frame_interval", fail)
     timeout = _number(merged, "timeout", fail)
@@ -389,8 +399,8 @@ def _camera(entry: Any, defaults: dict, number: int, where: str, environ: Mappin
     return Camera(
         name=name, url=display, source=Secret(source), kind=kind, auth=auth, username=username, password=password,
         token=token, placeholders=placeholders, verify_tls=True if verify_tls is None else verify_tls,
-        threshold=threshold, drop=None if drop is None else drop / 100.0, frames=frames, frame_interval=interval,
-        timeout=timeout,
+        threshold=threshold, drop=None if drop is None else drop / 100.0,
+        confirm=None if confirm is None else int(confirm), frames=frames, frame_interval=interval, timeout=timeout,
     )
 
 

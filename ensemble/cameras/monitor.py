@@ -67,13 +67,15 @@ class Settings:
 
     ``baseline_size``: healthy checks in the baseline (its median). ``drop``: fraction (0.5 = 50 %) below the
     baseline that makes a camera DEGRADED. ``timeout``: seconds for one camera's grab. ``threshold``: blur
-    probability from which a camera is BLURRY. ``workers``: frames scored at once (0: one per core).
+    probability from which a camera is BLURRY. ``confirm``: checks in a row that must agree on a new state before
+    the camera's state changes (1: at once). ``workers``: frames scored at once (0: one per core).
     """
 
     baseline_size: int = 10
     drop: float = 0.5
     timeout: float = 10.0
     threshold: float = 0.5
+    confirm: int = 1
     workers: int = 0
 
     @property
@@ -296,6 +298,12 @@ class Monitor:
         self._hung: dict[str, Grab] = {}  # grabs still running past their deadline, by camera
         self._secrets = {c.name: c.secrets() for c in cameras}
 
+    def set_cameras(self, cameras: list[Camera]) -> None:
+        """Check ``cameras`` from the next round on (a reloaded config). States stay keyed by name, so a camera
+        kept keeps its baseline, unless its url changed."""
+        self.cameras = cameras
+        self._secrets = {c.name: c.secrets() for c in cameras}
+
     def reset_baseline(self, names: list[str]) -> None:
         """Forget the baseline of the cameras named (after a camera was refocused or moved on purpose)."""
         for name in names:
@@ -359,6 +367,7 @@ class Monitor:
                 need = self.settings.min_baseline
                 reason = new.reason = ("baseline learnt" if have >= need else
                                        f"learning the baseline ({have} of {need} checks)")
+        state, reason = self._debounce(camera, old, new, state, reason)
         if old.state != state:
             new.state, new.since = state, checked_at
 
@@ -375,6 +384,25 @@ class Monitor:
             except Exception:  # noqa: BLE001 - the caller reports its own failures; the check stands
                 pass
         return check
+
+    def _debounce(self, camera: Camera, old: CameraState, new: CameraState, found: str, reason: str
+                  ) -> tuple[str, str]:
+        """The state to report for a check that ``found`` a state, and its reason; updates ``new.pending``.
+
+        A new state is reported once ``confirm`` checks in a row have found it, so a camera that flaps between two
+        states does not raise an alarm each time. Until then the old state stands, and the reason says what is
+        pending. A camera's first check is reported as found.
+        """
+        confirm = camera.confirm or self.settings.confirm
+        new.pending, new.pending_count = None, 0
+        if old.state is None or found == old.state or confirm <= 1:
+            return found, reason
+        count = old.pending_count + 1 if old.pending == found else 1
+        if count >= confirm:
+            return found, reason
+        new.pending, new.pending_count = found, count
+        new.reason = f"{found} in {count} of {confirm} checks: {reason}"
+        return old.state, new.reason
 
     def _grab_and_judge(self, camera: Camera, old: CameraState, cancel):
         """(state, reason, scored frame or None, frames decoded, video file position or None)."""

@@ -37,6 +37,7 @@ class CameraState:
 
     ``history``: focus scores of the latest CLEAR checks, oldest first (at most the baseline size is kept).
     ``frame_hash``: SHA-256 of the last grabbed frame (grey, analysis scale). ``position``: a video file's next frame.
+    ``pending``/``pending_count``: a state the latest checks found but not yet often enough in a row to report.
     """
 
     state: Optional[str] = None
@@ -47,6 +48,8 @@ class CameraState:
     history: list[float] = field(default_factory=list)
     frame_hash: Optional[str] = None
     position: Optional[int] = None
+    pending: Optional[str] = None
+    pending_count: int = 0
 
     def baseline(self, size: int, minimum: int) -> Optional[float]:
         """Median of the last ``size`` healthy scores, or None while fewer than ``minimum`` are known."""
@@ -56,7 +59,8 @@ class CameraState:
     def to_dict(self) -> dict:
         return {"state": self.state, "since": self.since, "reason": self.reason, "checked": self.checked,
                 "url": self.url, "history": [float(f"{v:.6g}") for v in self.history],
-                "frame_hash": self.frame_hash, "position": self.position}
+                "frame_hash": self.frame_hash, "position": self.position, "pending": self.pending,
+                "pending_count": self.pending_count}
 
     @classmethod
     def from_dict(cls, name: str, data: object) -> "CameraState":
@@ -87,6 +91,12 @@ class CameraState:
         if position is not None and (not isinstance(position, int) or isinstance(position, bool) or position < 0):
             raise ValueError(f"camera {name!r}: position is not a frame number")
         out.position = position
+        pending, count = data.get("pending"), data.get("pending_count") or 0
+        if pending is not None and pending not in STATES:
+            raise ValueError(f"camera {name!r}: unknown pending state {pending!r}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"camera {name!r}: pending_count is not a count")
+        out.pending, out.pending_count = pending, count if pending else 0
         return out
 
 
