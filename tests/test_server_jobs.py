@@ -21,7 +21,7 @@ from ensemble.server.app import ServerSettings, create_app  # noqa: E402
 
 FINISHED = ("succeeded", "failed", "cancelled")
 TINY = {"epochs": 1, "patch_size": 64, "patches_per_image": 4, "meta_folds": 2, "meta_max_epochs": 5,
-        "meta_patience": 2, "test_fraction": 0.25}
+        "meta_patience": 2, "test_fraction": 0.25, "meta_members": 2}
 """A configuration that trains in seconds (and a patch size other than the default, to exercise that path)."""
 
 
@@ -73,7 +73,7 @@ def assert_no_leftovers(env, job_id, name):
 def trained(client, env):
     """One successful run, followed from start to end; returns (final job, every state seen)."""
     history = []
-    job = start(client, name="tiny", seed=3)
+    job = start(client, name="tiny", seed=3, meta_fraction=0.3)
     final = wait(client, job["id"], lambda j: j["status"] in FINISHED, history=history)
     assert final["status"] == "succeeded", final
     return final, history
@@ -136,6 +136,8 @@ def test_finished_run_is_listed_with_its_parameters(client, trained):
     assert not tiny["active"] and not tiny["shipped"] and tiny["job"] == final["id"] and tiny["error"] is None
     assert tiny["hyperparameters"]["epochs"] == 1 and tiny["hyperparameters"]["patch_size"] == 64
     assert tiny["hyperparameters"]["seed"] == 3 and tiny["hyperparameters"]["meta_folds"] == 2
+    assert tiny["hyperparameters"]["meta_members"] == 2 and tiny["hyperparameters"]["meta_fraction"] == 0.3
+    assert tiny["data"]["cnn_fit_images"] < tiny["data"]["images"]  # the honest scheme: the CNN never saw them
     assert tiny["data"]["images"] + tiny["data"]["test_images"] == 40 and tiny["data"]["layout"] == "csv"
     assert tiny["metrics"] == final["metrics"]
     assert client.get("/api/jobs").json()[0]["id"] == final["id"]

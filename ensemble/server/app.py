@@ -177,6 +177,11 @@ class TrainRequest(BaseModel):
     batch_size: int = Field(128, ge=8, le=2048)
     patience: int = Field(5, ge=1, le=500, description="CNN early-stopping patience, in epochs")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of scenes held out for the test metrics")
+    meta_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                 description="share of training scenes kept from the CNN so that the meta-network's "
+                                             "validation figures are honest (CNN.py --meta-fraction; 0: the CNN "
+                                             "trains on every training photo)")
+    meta_members: int = Field(5, ge=1, le=20, description="meta-networks averaged (train.py --members; fewer is faster)")
     meta_folds: int = Field(5, ge=2, le=20, description="scene-grouped cross-validation folds of the meta-network")
     meta_max_epochs: int = Field(400, ge=1, le=5000)
     meta_patience: int = Field(40, ge=1, le=5000)

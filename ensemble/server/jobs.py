@@ -565,12 +565,12 @@ def _train(run: _Run, work: Path, models_dir: Path) -> dict:
 
     pipeline.train_cnn_stage(train_pkl, out / "model", epochs=epochs, batch_size=p["batch_size"],
                              patches_per_image=p["patches_per_image"], patience=p["patience"], seed=p["seed"],
-                             verbose=2, patch_size=p["patch_size"], on_epoch=on_epoch)
+                             verbose=2, patch_size=p["patch_size"], on_epoch=on_epoch, meta_fraction=p["meta_fraction"])
 
     run.stage("training meta-network")
     trained = pipeline.train_meta_stage(train_pkl, out / "model", out / "final_model", folds=p["meta_folds"],
                                         max_epochs=p["meta_max_epochs"], patience=p["meta_patience"],
-                                        seed=p["seed"], progress=False)
+                                        seed=p["seed"], progress=False, members=p["meta_members"])
     run.log(f"meta-network: {trained['members']} averaged, epochs {trained['epochs']}, "
             f"cross-validated {trained['validation']}")
     test = None

@@ -53,7 +53,10 @@ class ModelEntry:
         cnn, meta, data = m.get("cnn", {}), m.get("meta", {}), m.get("data", {})
         hyper = dict(cnn.get("hyperparameters", {}))
         hyper.update({f"meta_{k}": v for k, v in meta.items()
-                      if k in ("folds", "max_epochs", "patience", "hidden", "dropout", "l2", "learning_rate")})
+                      if k in ("folds", "max_epochs", "patience", "hidden", "dropout", "l2", "learning_rate",
+                               "members")})
+        if "meta_fraction" in cnn:
+            hyper["meta_fraction"] = cnn["meta_fraction"]
         if "seed" in meta:
             hyper["seed"] = meta["seed"]
         counts = {k: data[k] for k in ("images", "blurry", "cnn_fit_images", "meta_images") if k in data}
