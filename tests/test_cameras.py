@@ -173,7 +173,8 @@ def test_confirm_holds_a_new_state_until_it_repeats(server, detector, tmp_path):
 
     # The pending count survives a restart: it is in the state file.
     store = StateFile(tmp_path / "state.json")
-    check(0.0)
+    checks, _ = check(0.0)
+    assert checks["steady"].state == "BLURRY" and checks["steady"].reason == "CLEAR in 1 of 2 checks"
     store.save(mon.states)
     states, warning = store.load()
     assert warning is None and (states["steady"].pending, states["steady"].pending_count) == ("CLEAR", 1)

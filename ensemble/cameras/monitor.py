@@ -401,7 +401,7 @@ class Monitor:
         if count >= confirm:
             return found, reason
         new.pending, new.pending_count = found, count
-        new.reason = f"{found} in {count} of {confirm} checks: {reason}"
+        new.reason = f"{found} in {count} of {confirm} checks" + (f": {reason}" if reason else "")
         return old.state, new.reason
 
     def _grab_and_judge(self, camera: Camera, old: CameraState, cancel):

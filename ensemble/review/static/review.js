@@ -76,6 +76,7 @@
     }
     return true;
   }
+
   const grid = $('grid');
   const tileTemplate = $('tile-template');
 
