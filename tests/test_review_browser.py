@@ -249,6 +249,7 @@ def test_review_page_override_apply_undo(folder, server, tmp_path):
             page.click("#plan-confirm")
             _until(page, "t => document.getElementById('plan-title').textContent.startsWith(t)",
                    f"Moved {len(expected)} photo")
+            page.wait_for_selector("#plan-progress", state="hidden")  # the count is over once the report shows
             after = _photos_on_disk(folder)
             moved = {k[len("_blurry/"):]: v for k, v in after.items() if k.startswith("_blurry/")}
             assert sorted(moved) == expected

@@ -282,8 +282,11 @@
     const work = st.work;  // an apply or undo moving files: shown in place of the scan
     const frac = work ? (work.total ? work.done / work.total : 0)
       : st.total ? st.done / st.total : st.phase === 'idle' ? 1 : 0;
-    $('progress-fill').style.width = `${(100 * frac).toFixed(1)}%`;
-    $('progress-track').setAttribute('aria-valuenow', String(Math.round(100 * frac)));
+    for (const [track, fill] of [['progress-track', 'progress-fill'], ['plan-progress', 'plan-fill']]) {
+      $(fill).style.width = `${(100 * frac).toFixed(1)}%`;
+      $(track).setAttribute('aria-valuenow', String(Math.round(100 * frac)));
+    }
+    $('plan-progress').hidden = !work;  // the top bar is behind the dialog's backdrop
     text.classList.toggle('bad', !!st.error);
     const errors = st.errors ? ` · ${fmt(st.errors)} unreadable` : '';
     if (work) {
