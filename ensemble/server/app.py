@@ -181,7 +181,8 @@ class TrainRequest(BaseModel):
                                  description="share of training scenes kept from the CNN so that the meta-network's "
                                              "validation figures are honest (CNN.py --meta-fraction; 0: the CNN "
                                              "trains on every training photo)")
-    meta_members: int = Field(5, ge=1, le=20, description="meta-networks averaged (train.py --members; fewer is faster)")
+    meta_members: int = Field(5, ge=1, le=20,
+                              description="meta-networks averaged (train.py --members; fewer is faster)")
     meta_folds: int = Field(5, ge=2, le=20, description="scene-grouped cross-validation folds of the meta-network")
     meta_max_epochs: int = Field(400, ge=1, le=5000)
     meta_patience: int = Field(40, ge=1, le=5000)

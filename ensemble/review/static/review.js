@@ -38,6 +38,7 @@
     failures: 0,
     renderQueued: false,
     pollTimer: null,
+    moving: false,         // an apply or undo request is in flight: poll fast to show its progress
     opener: {},            // dialog id -> the element focused before it opened (focus goes back there)
   };
 
@@ -351,7 +352,9 @@
       }
     }
     const busy = !S.status || S.status.phase !== 'idle';
-    S.pollTimer = setTimeout(poll, document.hidden ? POLL_HIDDEN_MS : busy ? POLL_BUSY_MS : POLL_IDLE_MS);
+    const moving = S.moving || (S.status && S.status.work);  // this tab's apply or undo, or another tab's
+    S.pollTimer = setTimeout(poll, moving ? WORK_POLL_MS : document.hidden ? POLL_HIDDEN_MS
+      : busy ? POLL_BUSY_MS : POLL_IDLE_MS);
   }
 
   // ---- threshold ----------------------------------------------------------------------------------------------
@@ -597,22 +600,15 @@
     showDialog('plan', n ? confirm : $('plan-cancel'));
   }
 
-  /** Run ``request`` (an apply or undo), showing the server's file-by-file progress until it answers. */
+  /** Run ``request`` (an apply or undo) with the poll sped up, so that its status shows the files as they move. */
   async function withProgress(request) {
-    let live = true;
-    const pause = () => new Promise((done) => setTimeout(done, WORK_POLL_MS));
-    (async () => {
-      for (await pause(); live; await pause()) {
-        try {
-          const st = await api('api/review/status');
-          if (live) renderStatus(st);  // a late answer must not bring back a finished bar
-        } catch (err) { /* the regular poll reports lost contact */ }
-      }
-    })();
+    S.moving = true;
+    clearTimeout(S.pollTimer);
+    S.pollTimer = setTimeout(poll, WORK_POLL_MS);
     try {
       return await request();
     } finally {
-      live = false;
+      S.moving = false;
     }
   }
 
