@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv browser test demo pipeline bench clean help
+.PHONY: venv browser test demo pipeline splits bench clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -45,6 +45,9 @@ pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 wit
 	/usr/bin/time -v $(BIN)/python train.py 2> reports/time_train.txt
 	/usr/bin/time -v $(BIN)/python test.py --json reports/test_report.json 2> reports/time_test.txt
 	@grep -H -E "Elapsed|Maximum resident" reports/time_*.txt
+
+splits: venv    ## the whole recipe on scene splits 1-3 (about 35 min each), into runs/: how much is the split
+	$(BIN)/python benchmarks/splits.py
 
 bench: venv     ## run the benchmarks in benchmarks/
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
