@@ -15,7 +15,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
     p.add_argument("--out", default="model", help="output folder")
-    p.add_argument("--epochs", type=int, default=14, help="epochs (with --meta-fraction, early stopping may end sooner)")
+    p.add_argument("--epochs", type=int, default=14,
+                   help="epochs (with --meta-fraction, early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, default=128, help="patches per batch")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--width", type=float, default=1.0,
@@ -26,7 +27,8 @@ def main(argv=None):
     p.add_argument("--meta-fraction", type=float, default=0.0,
                    help="share of scenes kept away from the CNN, to validate the meta-network on (0: none; "
                         "then every epoch runs and the last is kept)")
-    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (only with --meta-fraction)")
+    p.add_argument("--patience", type=int, default=5,
+                   help="early-stopping patience in epochs (only with --meta-fraction)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     a = p.parse_args(argv)

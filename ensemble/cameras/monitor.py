@@ -293,10 +293,10 @@ class Monitor:
 
     def __init__(self, cameras: list[Camera], detector: "BlurDetector", states: dict[str, CameraState],
                  settings: Settings):
-        self.cameras, self.detector, self.states, self.settings = cameras, detector, states, settings
+        self.detector, self.states, self.settings = detector, states, settings
         self._scoring = threading.BoundedSemaphore(settings.workers or default_workers())
         self._hung: dict[str, Grab] = {}  # grabs still running past their deadline, by camera
-        self._secrets = {c.name: c.secrets() for c in cameras}
+        self.set_cameras(cameras)
 
     def set_cameras(self, cameras: list[Camera]) -> None:
         """Check ``cameras`` from the next round on (a reloaded config). States stay keyed by name, so a camera

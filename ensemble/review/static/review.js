@@ -54,12 +54,13 @@
     focus.focus({ preventScroll: true });
   }
 
-  function hideDialog(id) {
+  /** Close dialog ``id``; unless ``restore`` is false, focus goes back to what had it before the dialog opened. */
+  function hideDialog(id, restore = true) {
     if ($(id).hidden) return;
     $(id).hidden = true;
     const back = S.opener[id];
     S.opener[id] = null;
-    if (back && back.isConnected && back !== document.body) back.focus({ preventScroll: true });
+    if (restore && back && back.isConnected && back !== document.body) back.focus({ preventScroll: true });
   }
 
   /** Keep Tab / Shift+Tab inside the topmost open dialog; true if one is open. */
@@ -441,8 +442,7 @@
   function closeDetail() {
     const path = S.detail;
     S.detail = null;
-    $('detail').hidden = true;
-    S.opener.detail = null;  // focus goes to the photo's tile instead, below
+    hideDialog('detail', false);  // focus goes to the photo's tile instead, below
     for (const id of ['detail-photo', 'detail-map']) $(id).removeAttribute('src');
     if (path) select(path);
   }
