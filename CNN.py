@@ -8,20 +8,20 @@ TensorFlow sees one, the CPU otherwise.
 """
 import argparse
 
-from ensemble.cli_common import run_stage
+from ensemble.cli_common import positive_float, positive_int, run_stage
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
     p.add_argument("--out", default="model", help="output folder")
-    p.add_argument("--epochs", type=int, default=14,
+    p.add_argument("--epochs", type=positive_int, default=14,
                    help="epochs (with --meta-fraction, early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int, default=128, help="patches per batch")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
-    p.add_argument("--width", type=float, default=1.0,
+    p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (cosine decay)")
+    p.add_argument("--width", type=positive_float, default=1.0,
                    help="filter-count multiplier of every CNN layer (1.0: 16, 32, 64, 96); cost grows as its square")
-    p.add_argument("--patches-per-image", type=int, default=16, help="textured patches drawn from each image")
+    p.add_argument("--patches-per-image", type=positive_int, default=16, help="textured patches drawn from each image")
     p.add_argument("--no-synthetic-blur", action="store_true",
                    help="do not add artificially blurred copies of the sharp photos")
     p.add_argument("--meta-fraction", type=float, default=0.0,

@@ -7,7 +7,7 @@ confusion-matrix and reliability-diagram PNGs. Thresholds come from training, ne
 """
 import argparse
 
-from ensemble.cli_common import run_stage
+from ensemble.cli_common import probability_arg, run_stage
 
 
 def main(argv=None):
@@ -16,7 +16,8 @@ def main(argv=None):
     p.add_argument("--models", default=".", help="folder holding model/ and final_model/")
     p.add_argument("--plots", default="reports", help="folder for the PNG plots")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--threshold", type=float, default=None, help="ensemble threshold (default: metadata.json)")
+    p.add_argument("--threshold", type=probability_arg, default=None,
+                   help="ensemble threshold, 0-1 or a percentage (default: metadata.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     from ensemble.pipeline import evaluate_stage, format_report

@@ -9,7 +9,7 @@ averaged into the one shipped model.
 """
 import argparse
 
-from ensemble.cli_common import run_stage
+from ensemble.cli_common import positive_float, positive_int, positive_int_list, run_stage
 
 
 def main(argv=None):
@@ -18,21 +18,20 @@ def main(argv=None):
     p.add_argument("--model", default="model", help="folder of the trained CNN (from CNN.py)")
     p.add_argument("--out", default="final_model", help="output folder")
     p.add_argument("--folds", type=int, default=5, help="scene-grouped cross-validation folds")
-    p.add_argument("--max-epochs", type=int, default=400, help="epoch limit per fold")
+    p.add_argument("--max-epochs", type=positive_int, default=400, help="epoch limit per fold")
     p.add_argument("--patience", type=int, default=40, help="early-stopping patience in epochs")
-    p.add_argument("--hidden", default="32,16", help="hidden layer widths, comma-separated")
+    p.add_argument("--hidden", type=positive_int_list, default="32,16", help="hidden layer widths, comma-separated")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer")
     p.add_argument("--l2", type=float, default=1e-3, help="L2 weight penalty")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    p.add_argument("--members", type=int, default=5,
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--members", type=positive_int, default=5,
                    help="meta-networks averaged into the shipped one, each with its own seed (--seed, --seed + 1, …)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first member")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     from ensemble.pipeline import train_meta_stage
 
-    hidden = tuple(int(w) for w in a.hidden.split(",") if w.strip())
-    return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, hidden,
+    return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, a.hidden,
                      a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members)
 
 

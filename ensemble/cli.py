@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .cli_common import make_output_dir
+from .cli_common import make_output_dir, positive_int, probability_arg
 from .fsutil import atomic_write
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -124,6 +124,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _robust_streams() -> None:
     # File names may not be valid UTF-8 (surrogate escapes) or not encodable in the terminal's charset: print an
     # escape rather than crash.
+    if sys.stdout is None:  # started with stdout closed (`>&-`): Python leaves None, and every print would crash
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="backslashreplace")
@@ -135,6 +139,12 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _shown(path: str) -> str:
+    # A newline in a file name would split a message in two (or forge a line): control characters are shown
+    # escaped, as `ls -b` does. The csv/json reports keep the exact name.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
 def _one_line(value: object) -> str:
     from .scan import one_line
 
@@ -143,28 +153,6 @@ def _one_line(value: object) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # scan: arguments
-
-
-def probability_arg(text: str) -> float:
-    """argparse type for a threshold: 0.7 or 70%."""
-    raw = text.strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (or 0% and 100%)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def add_scan_arguments(p: argparse.ArgumentParser) -> None:
@@ -180,7 +168,7 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the report to FILE instead of stdout (table/csv/json replace it whole at the end; "
                         "jsonl is written line by line)")
-    p.add_argument("-j", "--workers", type=_positive_int, metavar="N",
+    p.add_argument("-j", "--workers", type=positive_int, metavar="N",
                    help="images read and scored at once (default: the number of cores)")
     p.add_argument("--model", metavar="DIR", help="folder holding model/ and final_model/ (default: the shipped model)")
     sort = p.add_mutually_exclusive_group()
@@ -244,7 +232,7 @@ class Report:
         self.records.sort(key=lambda r: order.get(r["path"], 0))
         text = {"table": self._table, "csv": self._csv, "json": self._json}[self.fmt](interrupted)
         if self.output:
-            atomic_write(self.output, text)
+            _write_output(self.output, text)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -262,9 +250,9 @@ class Report:
         rows = [("BLUR", "LABEL", "LAPVAR", "SIZE", "PATH")]
         for r in scored:
             rows.append((f"{100 * r['blur_probability']:.1f}%", r["label"], f"{r['laplacian_var']:.1f}",
-                         f"{r['width']}x{r['height']}", r["path"]))
+                         f"{r['width']}x{r['height']}", _shown(r["path"])))
         for r in failed:
-            rows.append(("-", "error", "-", "-", f"{r['path']}  ({r['error']})"))
+            rows.append(("-", "error", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = []
         for row in rows:
@@ -288,6 +276,16 @@ class Report:
         import json
 
         return json.dumps([_clean(r) for r in self.records], indent=2) + "\n"
+
+
+def _write_output(path: str, text: str) -> None:
+    # Follow a link to the file it names rather than replace the link. Devices and pipes (-o /dev/stdout, a FIFO)
+    # are written in place: renaming a temporary file over them would replace /dev/stdout with a plain file.
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    else:
+        atomic_write(os.path.realpath(path), text)
 
 
 def _percent(p: float) -> str:
@@ -330,6 +328,10 @@ def run_scan(args: argparse.Namespace) -> int:
     from .scan import default_workers, expand_paths, map_names, save_blur_map, scan_paths
 
     parser: argparse.ArgumentParser = args._parser
+    for option, value in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
+                          ("--save-maps", args.save_maps), ("--output", args.output), ("--model", args.model)):
+        if value == "":  # `--move-blurry "$UNSET"` must not quietly move nothing
+            parser.error(f"{option}: empty path")
     dest = args.move_blurry or args.copy_blurry
     if args.dry_run and not dest:
         parser.error("--dry-run needs --move-blurry or --copy-blurry")
@@ -347,7 +349,7 @@ def run_scan(args: argparse.Namespace) -> int:
     inputs, empty = expand_paths(args.paths, args.recursive)
     for folder in empty:
         hint = " (use --recursive to look in its sub-folders)" if not args.recursive and _has_subfolders(folder) else ""
-        _err(f"no images found in {folder}{hint}")
+        _err(f"no images found in {_shown(folder)}{hint}")
     if not inputs:
         return EXIT_FAILED
 
@@ -397,13 +399,14 @@ def run_scan(args: argparse.Namespace) -> int:
             for scanned in scans:
                 if scanned.error is not None:
                     record = error_record(scanned.path, _one_line(scanned.error))
-                    progress.write(f"error: {scanned.path}: {record['error']}")
+                    progress.write(f"error: {_shown(scanned.path)}: {record['error']}")
                 else:
                     record = scanned.result.record(scanned.path)
                     if record["label"] == "blurry" and dest:
                         root_of[scanned.path] = inputs[order[scanned.path]].root
                     if scanned.path in map_failures:
-                        progress.write(f"error: {scanned.path}: cannot save blur map: {map_failures[scanned.path]}")
+                        progress.write(f"error: {_shown(scanned.path)}: cannot save blur map: "
+                                       f"{map_failures[scanned.path]}")
                 report.add(record)
                 done += 1
                 progress.update()
@@ -415,7 +418,7 @@ def run_scan(args: argparse.Namespace) -> int:
     try:
         report.close(order, interrupted)
     except OSError as err:
-        _err(f"error: cannot write {args.output}: {err.strerror or err}")
+        _err(f"error: cannot write {args.output or 'the report to standard output'}: {err.strerror or err}")
         return EXIT_FAILED
     if report.fmt != "table" and not args.quiet and not interrupted and sys.stderr.isatty():
         _err(report.summary())
@@ -458,11 +461,11 @@ def _sort_blurry(paths: list[str], root_of: dict[str, str], dest: str, mode: str
         return EXIT_OK
     plan = plan_moves(paths, dest, base_of=root_of.__getitem__, mode=mode)
     if len(plan) < len(paths):
-        say(f"{len(paths) - len(plan)} blurry photo(s) already inside {dest}: left where they are")
+        say(f"{len(paths) - len(plan)} blurry photo(s) already inside {_shown(dest)}: left where they are")
     if dry_run:
         for move in plan:
-            say(f"would {verb} {move.src} -> {move.dst}")
-        say(f"dry run: {len(plan)} file(s) would be {past} to {dest}; nothing was changed")
+            say(f"would {verb} {_shown(move.src)} -> {_shown(move.dst)}")
+        say(f"dry run: {len(plan)} file(s) would be {past} to {_shown(dest)}; nothing was changed")
         return EXIT_OK
     if not plan:
         return EXIT_OK
@@ -475,10 +478,10 @@ def _sort_blurry(paths: list[str], root_of: dict[str, str], dest: str, mode: str
             if outcome.ok:
                 ok += 1
                 if not quiet:
-                    say(f"{past} {outcome.src} -> {outcome.dst}")
+                    say(f"{past} {_shown(outcome.src)} -> {_shown(outcome.dst)}")
             else:
                 errors += 1
-                _err(f"error: {outcome.src}: {outcome.error}")
+                _err(f"error: {_shown(outcome.src)}: {outcome.error}")
     except SortingError as err:
         _err(f"error: {err}")
         status = EXIT_FAILED
@@ -489,12 +492,12 @@ def _sort_blurry(paths: list[str], root_of: dict[str, str], dest: str, mode: str
     if errors:
         status = status if status != EXIT_OK else EXIT_FAILED
     if ok or os.path.exists(journal):
-        say(f"{ok} file(s) {past} to {dest}" + (f", {errors} failed" if errors else ""))
+        say(f"{ok} file(s) {past} to {_shown(dest)}" + (f", {errors} failed" if errors else ""))
         if mode == "move":
-            say(f"journal: {journal}")
+            say(f"journal: {_shown(journal)}")
             say(f"undo with: blur-detect undo {shlex.quote(journal)}")
         else:
-            say(f"journal: {journal}")
+            say(f"journal: {_shown(journal)}")
     return status
 
 
@@ -515,15 +518,15 @@ def run_undo(args: argparse.Namespace) -> int:
         for outcome in undo(args.journal):
             if not outcome.ok:
                 failed += 1
-                _err(f"error: {outcome.dst}: {outcome.error}")
+                _err(f"error: {_shown(outcome.dst)}: {outcome.error}")
             elif outcome.status == "done":
                 restored += 1
                 if not args.quiet:
-                    print(f"restored {outcome.dst} -> {outcome.src}", flush=True)
+                    print(f"restored {_shown(outcome.dst)} -> {_shown(outcome.src)}", flush=True)
             else:
                 skipped += 1
                 if not args.quiet:
-                    print(f"skipped {outcome.dst}: {outcome.note}", flush=True)
+                    print(f"skipped {_shown(outcome.dst)}: {outcome.note}", flush=True)
     except SortingError as err:
         _err(f"error: {err}")
         return EXIT_FAILED

@@ -1,11 +1,51 @@
-"""Shared outer-layer helpers for the stage scripts and the CLIs: run one stage, print its summary, turn errors
-into one line."""
+"""Shared outer-layer helpers for the stage scripts and the CLIs: argparse types that refuse unusable numbers,
+run one stage, print its summary, turn errors into one line."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count or size that must be at least 1 (0 would divide by zero or shrink to nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for a rate or scale that must be a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+    return value
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """argparse type for comma-separated widths such as ``32,16`` (empty parts ignored)."""
+    return tuple(positive_int(part.strip()) for part in text.split(",") if part.strip())
+
+
+def probability_arg(text: str) -> float:
+    """argparse type for a threshold: 0.7 or 70%."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (or 0% and 100%)")
+    return value
 
 
 def add_loading_args(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -17,8 +57,8 @@ def add_loading_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--out", default=out_default, help="pickle to write")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of scenes held out for testing")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene split")
-    p.add_argument("--side", type=int, default=ANALYSIS_SIDE, help="analysis scale: shorter side in pixels")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    p.add_argument("--side", type=positive_int, default=ANALYSIS_SIDE, help="analysis scale: shorter side in pixels")
+    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

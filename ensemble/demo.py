@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import apply_blur
+from .cli_common import make_output_dir
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 BLURS = (("defocus", 5.0), ("gaussian", 3.0), ("motion", 18.0))
@@ -62,6 +63,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out", nargs="?", default="demo/photos", help="folder to create")
     a = p.parse_args(argv)
+    problem = make_output_dir(a.out)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     written = build(Path(a.out))
     if not written:
         print("error: no bundled photos found (install scikit-image or scikit-learn)", file=sys.stderr)

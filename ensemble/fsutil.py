@@ -2,6 +2,7 @@
 names, and confinement to a root."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterable
@@ -56,13 +57,17 @@ def confine(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
 
     Symlinks are followed before the check, so neither ``../`` nor a link that points out of the root escapes.
     Absolute paths are accepted only when they resolve inside the root too. Raises :class:`OutsideRootError`
-    (a one-line message) otherwise. The returned path is resolved; it need not exist.
+    (a one-line message) otherwise, and OSError (ELOOP) for a symbolic link loop. The returned path is resolved;
+    it need not exist.
     """
     base = Path(root).resolve()
     text = os.fspath(relative)
     if "\x00" in text:
         raise OutsideRootError("path contains a NUL byte")
-    target = (base / text).resolve()
+    try:
+        target = (base / text).resolve()
+    except RuntimeError:  # Python < 3.13 reports a link loop so; callers handle OSError (errno ELOOP) already
+        raise OSError(errno.ELOOP, "symbolic link loop", text) from None
     if target != base and base not in target.parents:
         raise OutsideRootError(f"{text!r} is outside {base}")
     return target

@@ -46,6 +46,7 @@ UNDONE_SUFFIX = ".undone"
 JOURNAL_PREFIX = ".blur-detect-journal-"
 
 _CHUNK = 1024 * 1024
+_MAX_JOURNAL_LINE = 256 * 1024  # an entry is two paths and a hash: a longer line is not a journal
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -227,7 +228,11 @@ def _apply_one(move: PlannedMove, journal: "_Journal") -> MoveOutcome:
     try:
         # Links and directories are refused: only a regular file's bytes can
         # be verified and journaled.
-        if not stat.S_ISREG(os.lstat(src).st_mode):
+        try:
+            mode = os.lstat(src).st_mode
+        except FileNotFoundError:
+            raise SortingError("no longer there: moved, renamed or deleted since the scan") from None
+        if not stat.S_ISREG(mode):
             raise SortingError(f"not a regular file: {src}")
         sha, size = _hash_file(src)
         journal.open()
@@ -448,28 +453,50 @@ def _check_mode(mode: str) -> None:
 
 
 def read_journal(path: PathLike) -> list[dict]:
-    """Parse and validate a journal; raise :class:`SortingError` naming the bad line."""
+    """Parse and validate a journal; raise :class:`SortingError` naming the bad line.
+
+    An unterminated, unparsable last line (a write cut short) is ignored, so the entries before it stay undoable.
+    """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().split(b"\n")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise SortingError(f"journal not found: {path}") from None
     except OSError as exc:
         raise SortingError(f"cannot read journal {path}: {exc.strerror or exc}") from None
     entries = []
-    for lineno, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            raise SortingError(f"malformed journal {path}, line {lineno}: not valid JSON") from None
-        problem = _entry_problem(obj)
-        if problem:
-            raise SortingError(f"malformed journal {path}, line {lineno}: {problem}")
-        entries.append(obj)
+    with f:
+        # A device or a huge stray file given by mistake must not be read whole into memory.
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SortingError(f"not a journal: {path} is not a regular file")
+        lineno = 0
+        while raw := _read_line(f, path):
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                if not raw.endswith(b"\n") and not f.read(1):
+                    # An unterminated last line is a write cut short (disk full, crash). A disk-full failure rolls
+                    # that move back; either way the entries before it must stay undoable.
+                    break
+                raise SortingError(f"malformed journal {path}, line {lineno}: not valid JSON") from None
+            problem = _entry_problem(obj)
+            if problem:
+                raise SortingError(f"malformed journal {path}, line {lineno}: {problem}")
+            entries.append(obj)
     return entries
+
+
+def _read_line(f, path: str) -> bytes:
+    try:
+        raw = f.readline(_MAX_JOURNAL_LINE + 1)
+    except OSError as exc:
+        raise SortingError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_JOURNAL_LINE:
+        raise SortingError(f"not a journal: {path} has a line over {_MAX_JOURNAL_LINE // 1024} KiB")
+    return raw
 
 
 def _entry_problem(obj: object) -> Optional[str]:

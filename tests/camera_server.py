@@ -15,6 +15,7 @@ Routes (GET):
 * ``/mjpeg``: a multipart/x-mixed-replace stream of sharp frames (``?nolength=1``: parts without Content-Length).
 * ``/redirect-away``: a 302 to the same server under the name ``localhost`` (another origin), at ``/echo``.
 * ``/echo``: a scene; the Authorization header it received is kept in ``server.echo_auth``.
+* ``/redirect-loop``: a 302 to itself, for ever.
 
 Every request's path and Authorization header are appended to ``server.log``.
 """
@@ -178,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/redirect-away":
             target = srv.url("/echo", host="localhost")
             return self._send(302, b"", "text/plain", {"Location": target})
+        if path == "/redirect-loop":
+            return self._send(302, b"", "text/plain", {"Location": srv.url("/redirect-loop")})
         if path == "/echo":
             srv.echo_auth.append(auth)
             return self._scene("echo")

@@ -260,6 +260,7 @@ def test_failure_states_and_reasons(server, detector, tmp_path):
         {"name": "garbage", "url": server.url("/garbage")},
         {"name": "login-page", "url": server.url("/html")},
         {"name": "missing", "url": server.url("/missing")},
+        {"name": "redirect-loop", "url": server.url("/redirect-loop")},
         {"name": "black", "url": server.url("/black")},
         {"name": "uniform", "url": server.url("/uniform")},
         {"name": "frozen", "url": server.url("/frozen")},
@@ -284,6 +285,7 @@ def test_failure_states_and_reasons(server, detector, tmp_path):
         "garbage": ("UNREACHABLE", "no frame: the response is not an image (image/jpeg, 2048 bytes)"),
         "login-page": ("UNREACHABLE", "no frame: the response is not an image (text/html"),
         "missing": ("UNREACHABLE", "HTTP 404"),
+        "redirect-loop": ("UNREACHABLE", "HTTP 302 Found: too many redirects"),
         "black": ("INVALID", "black frame"),
         "uniform": ("INVALID", "uniform frame"),
         "frozen": ("INVALID", "frozen: the picture is identical to the previous check's"),
@@ -334,6 +336,47 @@ def test_credentials_follow_redirects_only_to_the_same_origin(server, detector, 
          "password_env": "CAM_PASS"}]))
     assert mon.run_round().checks[0].state == "CLEAR"
     assert server.echo_auth == [""]  # 127.0.0.1 -> localhost is another origin: the header was not sent
+
+
+class _Stream:
+    """An MJPEG response for _read_mjpeg: ``data`` handed out ``step`` bytes per read, then endless padding."""
+
+    def __init__(self, data: bytes, step: int, endless: bool = False):
+        import email.message
+
+        self.headers = email.message.Message()
+        self.headers["Content-Type"] = "multipart/x-mixed-replace; boundary=frame"
+        self.data, self.step, self.endless, self.at = data, step, endless, 0
+
+    def read1(self, n: int) -> bytes:
+        if self.at >= len(self.data):
+            return b"x" * min(n, self.step) if self.endless else b""
+        chunk = self.data[self.at:self.at + min(n, self.step)]
+        self.at += len(chunk)
+        return chunk
+
+
+def test_mjpeg_parts_split_anywhere_arrive_whole_and_a_stalled_part_is_a_timeout(monkeypatch):
+    camera = Camera(name="m", url="http://x/", source=Secret("http://x/"), kind="http", frames=3, frame_interval=0)
+    parts = [b"\xff\xd8\xff-first-\xff\xd9", b"\xff\xd8\xff-second--fram-\xff\xd9", b"\xff\xd8\xff-third-\xff\xd9"]
+    with_length = b"".join(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(p), p)
+                           for p in parts)
+    without = b"".join(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n%s\r\n" % p for p in parts) + b"--frame--\r\n"
+    for data in (with_length, without):
+        for step in (1, 3, 7, 65536):  # markers and header ends straddle the reads
+            sink = grab_module._Sink()
+            grab_module._read_mjpeg(_Stream(data, step), camera, time.monotonic() + 60, sink, threading.Event())
+            assert [f.data for f in sink.take()] == parts, (step, data[:40])
+    # A part that never completes: at the deadline that is a timeout (not "the camera sent nothing")...
+    stalled = b"--frame\r\nContent-Length: 1000000000000\r\n\r\n"
+    with pytest.raises(TimeoutError):
+        grab_module._read_mjpeg(_Stream(stalled, 64, endless=True), camera, time.monotonic() + 0.2,
+                                grab_module._Sink(), threading.Event())
+    # ...and a stream with no whole part within the cap is refused once the cap is passed.
+    monkeypatch.setattr(grab_module, "MAX_BYTES", 2**20)
+    with pytest.raises(grab_module.GrabError, match="no whole MJPEG part"):
+        grab_module._read_mjpeg(_Stream(b"", 65536, endless=True), camera, time.monotonic() + 60, grab_module._Sink(),
+                                threading.Event())
 
 
 @needs_model
@@ -518,6 +561,8 @@ def test_redact_url(url, shown):
     ([{"name": "a"}], "camera 'a': url: missing"),
     ([{"name": "a", "url": "ftp://x/y"}], "camera 'a': url: unsupported scheme ftp://"),
     ([{"name": "a", "url": "http:///snap"}], "camera 'a': url: has no host name"),
+    ([{"name": "a", "url": "http://[::1/snap"}], "camera 'a': url: not a valid URL (Invalid IPv6 URL)"),
+    ([{"name": "a", "url": "http://x/", "frames": "1e400"}], "camera 'a': frames: '1e400' is out of range"),
     ([{"name": "a", "url": "http://x/", "frames": 0}], "camera 'a': frames: 0 is out of range (1 to 100)"),
     ([{"name": "a", "url": "http://x/", "frames": 2.5}], "camera 'a': frames: 2.5 is not a whole number"),
     ([{"name": "a", "url": "http://x/", "threshold": 1.5}], "camera 'a': threshold: 1.5 is not a probability"),
@@ -627,7 +672,8 @@ def test_config_and_usage_errors_exit_3(tmp_path):
     proc = run_cli(tmp_path / "missing.yaml")
     assert proc.returncode == 3 and "file not found" in proc.stderr
     good = write_config(tmp_path / "good.yaml", [{"name": "a", "url": "http://x/"}])
-    for args in (["--watch", "0.1"], ["--drop", "150"], ["--rounds", "2"], ["--reset-baseline", "b"]):
+    for args in (["--watch", "0.1"], ["--drop", "150"], ["--rounds", "2"], ["--reset-baseline", "b"],
+                 ["--state", str(tmp_path)]):  # a folder: the round would run, then never save a baseline
         proc = run_cli(good, *args)
         assert proc.returncode == 3, (args, proc.stderr)
         last = proc.stderr.strip().splitlines()[-1]

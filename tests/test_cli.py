@@ -153,10 +153,18 @@ def test_threshold_out_of_range_is_a_usage_error(value, photos):
 def test_other_usage_errors(photos, tmp_path):
     one = photos["pair"] / "sharp.jpg"
     for args in (["--dry-run"], ["--workers", "0"], ["--move-blurry", tmp_path / "a", "--copy-blurry", tmp_path / "b"],
-                 ["--format", "xml"], ["--output", tmp_path / "missing" / "out.json"]):
+                 ["--format", "xml"], ["--output", tmp_path / "missing" / "out.json"], ["--move-blurry", ""],
+                 ["--output", ""]):
         proc = run_cli("scan", one, *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_closed_stdout_is_no_traceback(photos):
+    # `blur-detect scan x >&-`: Python starts with sys.stdout None.
+    cmd = f"{sys.executable} -m ensemble scan {photos['pair'] / 'sharp.jpg'} >&-"
+    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 @needs_model
@@ -322,6 +330,27 @@ def test_jsonl_to_file_one_object_per_line(photos, tmp_path):
     objects = [json.loads(line) for line in lines]
     assert len(objects) == len(list(photos["formats"].glob("*"))) - 1  # all but notes.txt
     assert all(isinstance(o, dict) and list(o) == FIELDS for o in objects)
+
+
+@needs_model
+def test_output_to_a_pipe_or_a_link_writes_through_it(photos, tmp_path):
+    """``-o /dev/stdout``, a FIFO or a symlink: the report goes to what the name points at; the name itself stays."""
+    import stat
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened first, so the writer does not block
+    try:
+        proc = run_cli("scan", "--format", "csv", "--output", fifo, photos["pair"] / "sharp.jpg")
+        assert proc.returncode == 0, proc.stderr
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # not replaced by a plain file
+        assert os.read(reader, 65536).decode().startswith("path,label,")
+    finally:
+        os.close(reader)
+    real, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    link.symlink_to(real.name)
+    assert run_cli("scan", "--format", "csv", "--output", link, photos["pair"] / "sharp.jpg").returncode == 0
+    assert link.is_symlink() and real.read_text().startswith("path,label,")
 
 
 @needs_model
@@ -546,6 +575,33 @@ def test_save_maps_folder_that_cannot_be_made_is_one_line(photos, tmp_path):
     proc = run_cli("scan", photos["pair"] / "sharp.jpg", "--save-maps", blocker / "maps")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: cannot create {blocker / 'maps'}: Not a directory" in proc.stderr.splitlines()
+    assert blocker.read_bytes() == b"not a folder"
+
+
+@needs_model
+def test_newlines_in_file_names_never_split_a_message(photos, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bl\nur.jpg").write_bytes((photos["pair"] / "blurred.jpg").read_bytes())
+    (folder / "ze\nro.jpg").write_bytes(b"")
+    proc = run_cli("scan", folder, "--move-blurry", tmp_path / "out")
+    assert proc.returncode == 1  # the empty file
+    assert proc.stderr.splitlines() == [f"error: {folder}/ze\\nro.jpg: empty file (0 bytes)"]
+    journal = next((tmp_path / "out").glob(".blur-detect-journal-*.jsonl"))
+    undone = run_cli("undo", journal)
+    assert undone.returncode == 0 and (folder / "bl\nur.jpg").exists()
+    lines = (proc.stdout + undone.stdout).splitlines()
+    assert not [ln for ln in lines if ln.startswith(("ur.jpg", "ro.jpg"))], lines
+    assert f"moved {folder}/bl\\nur.jpg -> {tmp_path}/out/bl\\nur.jpg" in lines
+
+
+def test_demo_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    from ensemble import demo
+
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a folder")
+    assert demo.main([str(blocker / "photos")]) == 1
+    assert capsys.readouterr().err == f"error: cannot create {blocker / 'photos'}: Not a directory\n"
     assert blocker.read_bytes() == b"not a folder"
 
 

@@ -116,6 +116,27 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("script, option, value", [
+    ("load_traindata.py", "--side", "0"),  # used to write a pickle of 1x1 images
+    ("load_testdata.py", "--workers", "-1"),
+    ("CNN.py", "--batch-size", "0"),  # used to end in a ZeroDivisionError traceback
+    ("CNN.py", "--patches-per-image", "0"),  # ... a TensorFlow traceback
+    ("CNN.py", "--width", "nan"),
+    ("train.py", "--hidden", "32,abc"),  # ... a ValueError traceback
+    ("train.py", "--max-epochs", "0"),  # ... a KeyError traceback
+    ("test.py", "--threshold", "2"),  # used to be accepted: every photo sharp
+])
+def test_bad_numbers_are_usage_errors(tmp_path, script, option, value):
+    # The inputs named do not exist, so a value that slipped through would fail later with exit status 1.
+    inputs = {"load_traindata.py": ["--data", "nope"], "load_testdata.py": ["--data", "nope"],
+              "CNN.py": ["--train", "nope.pkl"], "train.py": ["--train", "nope.pkl"], "test.py": ["--test", "nope.pkl"]}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / script), *inputs[script], option, value],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and option in proc.stderr.strip().splitlines()[-1]
+
+
 def test_meta_fraction_out_of_range_is_a_one_line_error(trained):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "CNN.py"), "--meta-fraction", "1", "--out", "model_bad"],

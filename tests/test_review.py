@@ -240,16 +240,19 @@ def test_unreadable_files_are_error_tiles_and_the_scan_goes_on(tmp_path):
     (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (root / "text.png").write_text("hello")
     os.symlink(root / "missing.jpg", root / "dangling.jpg")
+    os.symlink("loop.jpg", root / "loop.jpg")  # a link to itself: resolving it raises, which ended the scan thread
     with review(root) as (service, client):
         assert service.wait_idle(WAIT)
         got = {i["path"]: i for i in items(client)}
         assert got["p80_good.jpg"]["p"] == 0.8
+        assert got["loop.jpg"]["p"] is None
+        assert got["loop.jpg"]["error"] == "symbolic link loops or cannot be followed: not read"
         for name in ("empty.jpg", "truncated.jpg", "text.png", "dangling.jpg"):
             assert got[name]["p"] is None and got[name]["error"], name
             r = client.get("/api/review/thumb", params={"path": name})
             assert r.status_code in (404, 422) and "\n" not in r.json()["detail"], (name, r.text)
             assert client.get("/api/review/overlay", params={"path": name}).status_code in (404, 422)
-        assert client.get("/api/review/status").json()["errors"] == 4
+        assert client.get("/api/review/status").json()["errors"] == 5
 
 
 def test_a_missing_model_is_reported_and_photos_still_show(folder):
@@ -595,6 +598,22 @@ def test_undo_refuses_a_planted_journal(tmp_path, folder):
         r = client.post("/api/review/undo").json()
         assert "outside the folder" in r["error"] and r["done"] == []
     assert outside.exists() and not (tmp_path / "stolen.jpg").exists()
+
+
+def test_undo_with_a_link_loop_where_a_photo_was_is_one_line_not_a_500(folder):
+    moved = folder / "_blurry" / "p10_a.jpg"
+    moved.write_bytes(b"photo")
+    (folder / "p10_a.jpg").unlink()
+    journal = folder / "_blurry" / ".blur-detect-journal-loop.jsonl"
+    entry = {"op": "move", "src": str(folder / "p10_a.jpg"), "dst": str(moved), "sha256": sha(moved),
+             "size": 5, "time": "2024-01-01T00:00:00+00:00"}
+    journal.write_text(json.dumps(entry) + "\n")
+    os.symlink("p10_a.jpg", folder / "p10_a.jpg")  # since the apply, a link to itself took the photo's place
+    (folder / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + journal.name]}))
+    with review(folder) as (service, client):
+        r = client.post("/api/review/undo")
+        assert r.status_code == 200 and "cannot be resolved" in r.json()["error"], r.text
+    assert moved.read_bytes() == b"photo"
 
 
 def test_changing_routes_refuse_cross_site_requests(folder):

@@ -150,6 +150,9 @@ def test_too_many_files_and_oversized_request_are_413(tmp_path, photos):
     ({"data": {"threshold": "0.5"}, "files": [("files", ("a.jpg", b"\xff\xd8\xff" + b"0" * 64, "image/jpeg"))]},
      422, "unexpected form field 'threshold'"),
     ({"files": [("image", ("a.jpg", b"\xff\xd8\xff" + b"0" * 64, "image/jpeg"))]}, 422, "unexpected file field"),
+    ({"data": {"files": "photo bytes sent as text"},
+      "files": [("files", ("a.jpg", b"\xff\xd8\xff" + b"0" * 64, "image/jpeg"))]}, 422,
+     "field 'files' holds text, not a file"),
     ({"content": b"--abc--\r\n", "headers": {"content-type": "multipart/form-data; boundary=abc"}}, 422,
      "no file uploaded"),
 ])
@@ -259,6 +262,29 @@ def test_page_opened_with_token_sets_a_strict_httponly_cookie(tmp_path):
         assert c.get("/?token=wrong", follow_redirects=False).status_code == 401
 
 
+def test_token_redirect_never_leaves_this_site():
+    import asyncio
+
+    from ensemble.server.auth import AuthMiddleware
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):  # never reached: the middleware answers with the redirect
+        raise AssertionError(scope)
+
+    middleware = AuthMiddleware(app, token=TOKEN)
+    for path in ("//evil.host", "/\\evil.host", "///evil.host/x"):
+        sent.clear()
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": [],
+                 "query_string": f"token={TOKEN}".encode()}
+        asyncio.run(middleware(scope, None, send))
+        location = dict(sent[0]["headers"])[b"location"].decode()
+        assert sent[0]["status"] == 303 and location.startswith("/") and location[1] not in "/\\", location
+
+
 def test_non_loopback_host_requires_a_token(tmp_path):
     with pytest.raises(ValueError, match="token is required"):
         create_app(ServerSettings(host="0.0.0.0", models_dir=tmp_path, data_roots=()))
@@ -336,6 +362,9 @@ def test_training_data_paths_cannot_escape_the_data_roots(tmp_path, data_root):
             assert "outside the allowed data roots" in detail(r) or "NUL" in detail(r)
         r = c.post("/api/models/train", json={"data": "missing"})
         assert r.status_code == 422 and "not found" in detail(r)
+        (root / "loop").symlink_to("loop")  # resolving a link to itself raised RuntimeError: a 500
+        r = c.post("/api/models/train", json={"data": "loop"})
+        assert r.status_code == 422 and "symbolic link loop" in detail(r)
         r = c.post("/api/models/train", json={"data": "."})
         assert r.status_code == 422 and "no known dataset layout" in detail(r)
         assert c.get("/api/jobs").json() == []  # nothing was started
@@ -357,9 +386,12 @@ def test_model_folder_linked_out_of_the_models_dir_is_not_a_model(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     (models / "elsewhere").symlink_to(default_model_root(), target_is_directory=True)
+    (models / "loop").symlink_to("loop")  # a link to itself: no model, and no 500
     with make_client(tmp_path, models_dir=models) as c:
         assert [m["name"] for m in c.get("/api/models").json()["models"]] == ["shipped"]
         assert c.post("/api/models/elsewhere/activate").status_code == 404
+        assert c.get("/api/models/loop").status_code == 404
+        assert c.post("/api/models/loop/activate").status_code == 404
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
@@ -395,11 +427,18 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path):
     assert err.strip() == f"error: cannot listen on 127.0.0.1:{port}: address already in use"
 
 
+def test_unencodable_host_name_is_one_line_and_exit_1(tmp_path):
+    proc = serve("--host", "bad..host", "--port", "0", "--models-dir", str(tmp_path))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.startswith("error: cannot listen on bad..host:0:") and "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, words", [
     (["--token", "short"], "at least 16 characters"),
     (["--token", "has spaces and;semicolons-long-enough"], "only letters, digits"),
     (["--port", "70000"], "not a port number"),
     (["--workers", "0"], "must be more than 0"),
+    (["--max-upload-mb", "inf"], "not a finite number"),
     (["--data-root", "/no/such/folder"], "is not a folder"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path, args, words):

@@ -230,7 +230,7 @@ def test_vanished_source_is_reported_and_others_still_move(tmp_path, photos):
     outcomes = list(apply_moves(plan, journal))
 
     assert [o.status for o in outcomes] == ["done", "error", "done"]
-    assert outcomes[1].error and "\n" not in outcomes[1].error
+    assert outcomes[1].error == "no longer there: moved, renamed or deleted since the scan"
     assert (dest / "a.jpg").exists() and (dest / "sub" / "deeper" / "c.jpg").exists()
     assert [e["src"] for e in journal_lines(journal) if e["op"] == "move"] == [
         str(photos / "a.jpg"), str(photos / "sub" / "deeper" / "c.jpg")]
@@ -347,6 +347,42 @@ def test_journal_failure_rolls_the_move_back_and_stops(tmp_path, photos, monkeyp
         next(outcomes)
     assert (photos / "a.jpg").exists() and not (dest / "a.jpg").exists()
     assert (photos / "sub" / "b.jpg").exists()  # stopped: nothing after it moved
+
+
+def test_journal_cut_short_by_a_full_disk_can_still_be_undone(tmp_path, photos, monkeypatch):
+    before = snapshot(photos)
+    dest = tmp_path / "blurry"
+    journal = new_journal_path(dest)
+    real_write = sorting._Journal.write
+    moves = []
+
+    def write_then_fill_the_disk(self, entry):
+        if entry["op"] == "move":
+            moves.append(entry)
+            if len(moves) == 3:  # half the line reaches the disk, then ENOSPC
+                self._fh.write(json.dumps(entry)[:40])
+                self._fh.flush()
+                raise sorting._JournalWriteError("No space left on device")
+        real_write(self, entry)
+
+    monkeypatch.setattr(sorting._Journal, "write", write_then_fill_the_disk)
+    with pytest.raises(SortingError, match="rolled back"):
+        list(apply_moves(plan_moves(blurry(photos), dest, base_of=lambda p: photos), journal))
+    assert not Path(journal).read_text().endswith("\n")  # the torn line
+
+    outcomes = list(undo(journal))
+
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert snapshot(photos) == before
+    assert Path(journal + sorting.UNDONE_SUFFIX).exists()
+
+
+def test_a_device_or_a_huge_stray_file_is_refused_without_reading_it_whole(tmp_path):
+    with pytest.raises(SortingError, match="not a regular file"):
+        read_journal(os.devnull)
+    stray = write(tmp_path / "video.mp4", b"\x00" * (sorting._MAX_JOURNAL_LINE + 10) + b"\n{}\n")
+    with pytest.raises(SortingError, match="line over"):
+        read_journal(stray)
 
 
 def test_symlinks_and_directories_are_not_moved(tmp_path, photos):

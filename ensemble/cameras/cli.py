@@ -57,7 +57,7 @@ def _bounded(kind, low, high, what):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import probability_arg
+    from ..cli_common import probability_arg
 
     p.description = ("Check IP cameras and video streams for focus loss. Each check grabs a frame within a timeout, "
                      "scores it with the ensemble, and compares it with the camera's own baseline.")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._parser
     if args.rounds and args.watch is None:
         parser.error("--rounds needs --watch")
-    for option, path in (("--report", args.report), ("--events", args.events)):
+    for option, path in (("--report", args.report), ("--events", args.events), ("--state", args.state)):
         if path:
             if os.path.isdir(path):
                 parser.error(f"{option}: {path} is a folder")

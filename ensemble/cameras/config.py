@@ -352,13 +352,17 @@ def _camera(entry: Any, defaults: dict, number: int, where: str, environ: Mappin
         path = os.path.expanduser(path)
         source = path if os.path.isabs(path) else str(base / path)
     else:
-        scheme = urlsplit(source).scheme.lower()
+        try:
+            parts = urlsplit(source)
+        except ValueError as err:  # "Invalid IPv6 URL": an unclosed '[' in the host
+            fail("url", f"not a valid URL ({err})")
+        scheme = parts.scheme.lower()
         allowed = HTTP_SCHEMES if kind == "http" else STREAM_SCHEMES if kind == "opencv" else \
             tuple(dict.fromkeys(HTTP_SCHEMES + STREAM_SCHEMES))
         if scheme not in allowed:
             fail("url", f"unsupported scheme {scheme + '://' if scheme else '(none)'}; use "
                         f"{', '.join(s + '://' for s in allowed)} or a video file path")
-        if not urlsplit(source).hostname:
+        if not parts.hostname:
             fail("url", "has no host name")
         if kind == "auto":
             kind = "http" if scheme in HTTP_SCHEMES else "opencv"
@@ -468,7 +472,7 @@ def _number(entry: dict, key: str, fail, integer: bool = False, percent: bool = 
     except ValueError:
         fail(key, f"{value!r} is not a number")
     low, high = LIMITS[key]
-    if integer and number != int(number):
+    if integer and math.isfinite(number) and number != int(number):  # int(inf) would raise
         fail(key, f"{value!r} is not a whole number")
     if not (math.isfinite(number) and low <= number <= high):
         unit = " %" if percent else "" if integer else " s"

@@ -116,6 +116,8 @@ def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
         path = confine(root / DEST_DIR, journal.removeprefix(DEST_DIR + "/"))
     except OutsideRootError:
         raise SortingError(f"journal {journal} is not inside {DEST_DIR}/: refused") from None
+    except OSError as err:  # e.g. a symbolic link loop
+        raise SortingError(f"journal {journal} cannot be resolved: {err.strerror or err}") from None
     if not path.name.startswith(JOURNAL_PREFIX):
         raise SortingError(f"{journal} is not a blur-detect journal: refused")
     entries = read_journal(path) if os.path.exists(path) else []
@@ -126,6 +128,9 @@ def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
                     confine(root, entry[key])
                 except OutsideRootError:
                     raise SortingError(f"journal {journal} names a file outside the folder: refused") from None
+                except OSError:  # e.g. a symbolic link loop there now
+                    raise SortingError(f"journal {journal} names a path that cannot be resolved (a symbolic link "
+                                       f"loop?): {entry[key]}") from None
     return path, sum(entry["op"] != "mkdir" for entry in entries)
 
 

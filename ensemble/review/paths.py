@@ -76,6 +76,8 @@ def list_images(root: Path) -> list[Listed]:
                 confine(root, rel)
             except OutsideRootError:
                 error = "symbolic link leads outside the folder: not read"
+            except OSError:  # a link loop: it must not end the scan
+                error = "symbolic link loops or cannot be followed: not read"
         listed.append(Listed(key, item.path, error))
     return listed
 
@@ -107,7 +109,7 @@ def client_path(root: Path, key: str) -> Path:
         return confine(root, key)
     except OutsideRootError:
         raise BadPath("path leads outside the folder") from None
-    except (OSError, RuntimeError, ValueError) as err:  # symlink loops, names the OS refuses
+    except (OSError, ValueError) as err:  # symlink loops, names the OS refuses
         raise BadPath(f"unusable path: {one_line(err)}") from None
 
 

@@ -106,7 +106,9 @@ class AuthMiddleware:
                 if not _same(given[-1], self.token):
                     return await _json(send, 401, "invalid token in the address")
                 rest = urlencode([(k, v) for k, v in query if k != "token"])
-                location = (scope.get("root_path", "") + path) + (f"?{rest}" if rest else "")
+                # '//evil.host' or '/\\evil.host' as a Location is another site to a browser: keep it on this one.
+                local = "/" + (scope.get("root_path", "") + path).lstrip("/\\")
+                location = local + (f"?{rest}" if rest else "")
                 cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
                 return await _send(send, 303, b"", [(b"location", location.encode("latin-1", "replace")),
                                                     (b"set-cookie", cookie.encode("latin-1")),

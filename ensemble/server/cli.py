@@ -12,6 +12,7 @@ instant.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -38,6 +39,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        if not math.isfinite(value):  # 'inf' parses as a float, then breaks the byte caps
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         return value
 
     return parse
@@ -168,8 +171,8 @@ def _listen(host: str, port: int):
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as err:
-        _err(f"error: cannot listen on {host}:{port}: {err.strerror or err}")
+    except (socket.gaierror, UnicodeError) as err:  # UnicodeError: a name IDNA cannot encode ('a..b')
+        _err(f"error: cannot listen on {host}:{port}: {getattr(err, 'strerror', None) or err}")
         return None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)

@@ -131,7 +131,7 @@ class ModelRegistry:
         if valid_name(name):
             try:
                 root = confine(self.models_dir, name)
-            except OutsideRootError:
+            except (OutsideRootError, OSError):  # OSError: a symbolic link loop is no model either
                 root = None
             if root is not None and (root / "final_model").is_dir():
                 return _read_entry(name, root, False)

@@ -137,6 +137,9 @@ class _Receiver:
         if extended and b"filename" not in options:
             charset, _, quoted = extended.group(1).strip().strip(b'"').partition(b"''")
             options[b"filename"] = unquote_to_bytes(quoted).decode(_codec(charset), "replace").encode()
+        if b"filename" not in options and field in FILE_FIELDS:  # e.g. curl -F 'files=<x.jpg' (a text field)
+            raise UploadError(422, f"field {field!r} holds text, not a file: upload each image as a file "
+                                   f"(curl -F {field}=@photo.jpg)")
         if b"filename" not in options:
             raise UploadError(422, f"unexpected form field {field!r}: send the images as files in the 'files' field")
         if field not in FILE_FIELDS:
