@@ -185,11 +185,11 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
 
     start = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = datasets.load_pickle(train_pkl)
     cnn_info = json.loads((model_dir / "cnn.json").read_text())
     if cnn_info["train_fingerprint"] != datasets.fingerprint(data.meta):
         raise datasets.DatasetError(f"{train_pkl} is not the data {model_dir}/cnn.json was trained on; rerun CNN.py")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a failed run leaves nothing
     meta_scenes = set(cnn_info["meta_scenes"])
     # Nothing held back from the CNN (CNN.py --meta-fraction 0): the folds cover every image, and the validation
     # figures include the CNN's own photos, so they flatter its part.

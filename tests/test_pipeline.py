@@ -116,6 +116,14 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_failed_meta_training_leaves_no_empty_output_folder(tmp_path):
+    from ensemble import pipeline
+
+    with pytest.raises(Exception, match="nope.pkl"):
+        pipeline.train_meta_stage(tmp_path / "nope.pkl", tmp_path / "model", tmp_path / "final_model")
+    assert not (tmp_path / "final_model").exists()
+
+
 @pytest.mark.parametrize("script, option, value", [
     ("load_traindata.py", "--side", "0"),  # used to write a pickle of 1x1 images
     ("load_testdata.py", "--workers", "-1"),
