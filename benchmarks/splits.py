@@ -93,9 +93,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                        help="scene-split seeds (0 is the shipped model's split)")
+                        help="scene-split seeds other than 0 (the shipped model's split)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="folder for the runs (runs/ is gitignored)")
     args = parser.parse_args()
+    if 0 in args.seeds:  # its test split is the shipped model's yardstick: each scoring of it is counted in README
+        parser.error("seed 0 is the shipped model's split: `make pipeline` runs it, and this study leaves it alone")
     reports = {seed: run_split(seed, args.runs) for seed in args.seeds}
     print(format_table(reports))
     return 0
