@@ -46,7 +46,7 @@ pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 wit
 	/usr/bin/time -v $(BIN)/python test.py --json reports/test_report.json 2> reports/time_test.txt
 	@grep -H -E "Elapsed|Maximum resident" reports/time_*.txt
 
-splits: venv    ## the whole recipe on scene splits 1-3 (about 35 min each), into runs/: how much is the split
+splits: venv    ## the whole recipe on scene splits 1-5 (about 35 min each), into runs/: how much is the split
 	$(BIN)/python benchmarks/splits.py
 
 bench: venv     ## run the benchmarks in benchmarks/
