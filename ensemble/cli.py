@@ -27,8 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .cli_common import make_output_dir, positive_int, probability_arg
-from .fsutil import atomic_write
+from .cli_common import make_output_dir, positive_int, probability_arg, write_output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -232,7 +231,7 @@ class Report:
         self.records.sort(key=lambda r: order.get(r["path"], 0))
         text = {"table": self._table, "csv": self._csv, "json": self._json}[self.fmt](interrupted)
         if self.output:
-            _write_output(self.output, text)
+            write_output(self.output, text)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -276,16 +275,6 @@ class Report:
         import json
 
         return json.dumps([_clean(r) for r in self.records], indent=2) + "\n"
-
-
-def _write_output(path: str, text: str) -> None:
-    # Follow a link to the file it names rather than replace the link. Devices and pipes (-o /dev/stdout, a FIFO)
-    # are written in place: renaming a temporary file over them would replace /dev/stdout with a plain file.
-    if os.path.exists(path) and not os.path.isfile(path):
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-    else:
-        atomic_write(os.path.realpath(path), text)
 
 
 def _percent(p: float) -> str:

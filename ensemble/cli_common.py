@@ -8,6 +8,8 @@ import math
 import os
 import sys
 
+from .fsutil import atomic_write
+
 
 def positive_int(text: str) -> int:
     """argparse type for a count or size that must be at least 1 (0 would divide by zero or shrink to nothing)."""
@@ -27,7 +29,7 @@ def positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
     return value
 
 
@@ -46,6 +48,17 @@ def probability_arg(text: str) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1 (or 0% and 100%)")
     return value
+
+
+def write_output(path: str, text: str) -> None:
+    """Write a report to a file the user named: a file is replaced whole and atomically, through a symbolic link
+    to the file it names; a device or pipe (``/dev/stdout``, a FIFO) is written in place, since renaming a file
+    over it would replace it."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    else:
+        atomic_write(os.path.realpath(path), text)
 
 
 def add_loading_args(p: argparse.ArgumentParser, out_default: str) -> None:

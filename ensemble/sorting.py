@@ -477,7 +477,7 @@ def read_journal(path: PathLike) -> list[dict]:
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except ValueError:
-                if not raw.endswith(b"\n") and not f.read(1):
+                if not raw.endswith(b"\n"):  # only the last line can lack one
                     # An unterminated last line is a write cut short (disk full, crash). A disk-full failure rolls
                     # that move back; either way the entries before it must stay undoable.
                     break

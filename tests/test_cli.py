@@ -353,6 +353,22 @@ def test_output_to_a_pipe_or_a_link_writes_through_it(photos, tmp_path):
     assert link.is_symlink() and real.read_text().startswith("path,label,")
 
 
+def test_write_output_keeps_devices_pipes_and_links(tmp_path):
+    """The helper behind ``scan -o`` and ``cameras --report``: /dev/null stays a device, a link stays a link."""
+    import stat
+
+    from ensemble.cli_common import write_output
+
+    write_output(os.devnull, "report\n")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    real, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    link.symlink_to(real.name)
+    write_output(str(link), "report\n")
+    assert link.is_symlink() and real.read_text() == "report\n"
+    write_output(str(tmp_path / "plain.txt"), "x")
+    assert (tmp_path / "plain.txt").read_text() == "x"
+
+
 @needs_model
 def test_table_sorted_blurriest_first_with_summary(photos, tmp_path):
     out = tmp_path / "report.txt"

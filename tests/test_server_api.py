@@ -437,8 +437,8 @@ def test_unencodable_host_name_is_one_line_and_exit_1(tmp_path):
     (["--token", "short"], "at least 16 characters"),
     (["--token", "has spaces and;semicolons-long-enough"], "only letters, digits"),
     (["--port", "70000"], "not a port number"),
-    (["--workers", "0"], "must be more than 0"),
-    (["--max-upload-mb", "inf"], "not a finite number"),
+    (["--workers", "0"], "must be at least 1"),
+    (["--max-upload-mb", "inf"], "must be a finite number above 0"),
     (["--data-root", "/no/such/folder"], "is not a folder"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path, args, words):

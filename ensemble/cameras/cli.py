@@ -268,11 +268,11 @@ class _Session:
                 self._snapshot_errors[check.camera.name] = one_line(err)
 
     def _write_report(self, text: str) -> None:
-        from ..fsutil import atomic_write
+        from ..cli_common import write_output
 
         if self.args.report:
             try:
-                atomic_write(self.args.report, text)
+                write_output(self.args.report, text)
             except OSError as err:
                 self.say(f"error: cannot write {self.args.report}: {err.strerror or err}")
         else:

@@ -12,9 +12,10 @@ instant.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
+
+from ..cli_common import positive_float, positive_int
 
 TOKEN_ENV = "BLUR_DETECT_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -31,27 +32,12 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-        if not math.isfinite(value):  # 'inf' parses as a float, then breaks the byte caps
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        return value
-
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only). Any other address needs a "
                         "token: without --token one is generated and printed")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
-    p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="server processes (default: 1); they share the active model through --models-dir")
     p.add_argument("--token", metavar="T",
                    help=f"require 'Authorization: Bearer T' on every /api route (default: ${TOKEN_ENV}; prefer the "
@@ -64,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", action="append", metavar="DIR",
                    help="a folder training data may come from; repeat for several (default: ../shared/datasets "
                         "beside the repository, when it exists). Paths outside these folders are refused")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=50.0, metavar="MB",
+    p.add_argument("--max-upload-mb", type=positive_float, default=50.0, metavar="MB",
                    help="largest file accepted by /api/predict, in MB (default: 50)")
-    p.add_argument("--max-files", type=_positive(int), default=32, metavar="N",
+    p.add_argument("--max-files", type=positive_int, default=32, metavar="N",
                    help="most files in one /api/predict request (default: 32)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="server log detail (default: info)")
 
