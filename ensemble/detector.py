@@ -105,9 +105,10 @@ class BlurDetector:
 
             cnn, meta = OnnxModel(root / CNN_DIR / "cnn.onnx", threads), OnnxModel(root / META_DIR / "meta.onnx", threads)
         elif runtime == "keras":
+            from .cnn import scoring_model
             from .runtime import KerasModel, load_keras
 
-            cnn = KerasModel(load_keras(root / CNN_DIR / "cnn.keras"))
+            cnn = KerasModel(scoring_model(load_keras(root / CNN_DIR / "cnn.keras")))
             meta = KerasModel(load_keras(root / META_DIR / "meta.keras"))
         else:
             raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")

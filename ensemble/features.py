@@ -1,4 +1,4 @@
-"""Per-image feature vectors for the meta-network: CNN patch scores aggregated, plus focus measures.
+"""Per-image feature vectors for the meta-network: CNN patch scores and embeddings aggregated, plus focus measures.
 
 The CNN is passed in as a plain callable, so the same code serves training (Keras or ONNX) and inference.
 """
@@ -8,18 +8,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .cnn import EMBED_DIM
 from .focus import FOCUS_FEATURE_NAMES, focus_features
 from .patches import PATCH_SIZE, PatchGrid, extract_patches, scored_patches
 
 PatchScorer = Callable[[np.ndarray], np.ndarray]
-"""float32 (N, P, P, 1) patches in [0, 1] → float32 (N,) blur probabilities."""
+"""float32 (N, P, P, 1) patches in [0, 1] → float32 (N, 1 + EMBED_DIM): each patch's blur probability, then its
+embedding (cnn.scoring_model)."""
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 CNN_FEATURE_NAMES = (
     "cnn_mean", "cnn_min", *(f"cnn_q{int(q * 100)}" for q in QUANTILES), "cnn_max",
     "cnn_share_sharp", "cnn_top3_sharp", "textured_share",
 )
-FEATURE_NAMES = CNN_FEATURE_NAMES + FOCUS_FEATURE_NAMES
+EMBED_FEATURE_NAMES = (*(f"embed_mean_{i}" for i in range(EMBED_DIM)), *(f"embed_std_{i}" for i in range(EMBED_DIM)))
+FEATURE_NAMES = CNN_FEATURE_NAMES + FOCUS_FEATURE_NAMES + EMBED_FEATURE_NAMES
 LAPVAR_INDEX = FEATURE_NAMES.index("log_lapvar@1x")
 
 
@@ -42,6 +45,11 @@ def cnn_summary(probs: np.ndarray, textured: np.ndarray) -> np.ndarray:
     )
 
 
+def embed_summary(embeddings: np.ndarray) -> np.ndarray:
+    """Mean and spread over the scored patches of their (M, EMBED_DIM) embeddings → float32 (2 · EMBED_DIM,)."""
+    return np.concatenate([embeddings.mean(axis=0), embeddings.std(axis=0)]).astype(np.float32)
+
+
 def batch_features(
     grays: Sequence[np.ndarray], scorer: PatchScorer, patch_size: int = PATCH_SIZE
 ) -> tuple[np.ndarray, list[PatchGrid], list[np.ndarray]]:
@@ -55,14 +63,20 @@ def batch_features(
     grids = [extract_patches(g, patch_size) for g in grays]
     chosen = [scored_patches(gr) for gr in grids]
     batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
-    scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros(0, np.float32)
-    probs, start = [], 0
+    scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros((0, 1 + EMBED_DIM), np.float32)
+    if scores.ndim != 2 or scores.shape[1] != 1 + EMBED_DIM:
+        raise ValueError(f"the CNN gives {scores.shape[1:]} values a patch, not 1 + {EMBED_DIM}: a model from before "
+                         "patch embeddings; retrain it with CNN.py and train.py")
+    probs, embeds, start = [], [], 0
     for gr, c in zip(grids, chosen):
         p = np.full(len(gr.patches), np.nan, np.float32)
-        p[c] = scores[start : start + int(c.sum())]
-        start += int(c.sum())
+        end = start + int(c.sum())
+        p[c] = scores[start:end, 0]
+        embeds.append(embed_summary(scores[start:end, 1:]))
+        start = end
         probs.append(p)
-    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g)]) for g, gr, p in zip(grays, grids, probs)]
+    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g), e])
+             for g, gr, p, e in zip(grays, grids, probs, embeds)]
     return np.asarray(feats, dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES)), grids, probs
 
 

@@ -122,7 +122,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
     """
     import tensorflow as tf
 
-    from .cnn import sample_patches, train_cnn
+    from .cnn import sample_patches, scoring_model, train_cnn
     from .plots import training_curves
     from .runtime import export_onnx
 
@@ -138,7 +138,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose,
                                   on_epoch, width)
-    export_onnx(model, out_dir / "cnn.onnx")
+    export_onnx(scoring_model(model), out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = {} if val is None else model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
     info = {

@@ -57,6 +57,22 @@ def test_model_trained_on_other_features_is_refused(tmp_path):
         BlurDetector.load(tmp_path)
 
 
+def test_cnn_gives_probability_and_embedding_and_an_older_export_is_refused(detector, photo):
+    from ensemble.cnn import EMBED_DIM
+    from ensemble.features import FEATURE_NAMES, batch_features
+
+    rng = np.random.default_rng(1)
+    out = detector.cnn(patch_inputs(rng.integers(0, 256, (5, PATCH_SIZE, PATCH_SIZE), dtype=np.uint8)))
+    assert out.shape == (5, 1 + EMBED_DIM)
+    assert ((out[:, 0] >= 0) & (out[:, 0] <= 1)).all() and (out[:, 1:] >= 0).all()  # sigmoid, then ReLU
+    gray = to_gray(photo)
+    feats, _, _ = batch_features([gray], detector.cnn)
+    assert feats.shape == (1, len(FEATURE_NAMES)) and np.isfinite(feats).all()
+    # A CNN exported before the embedding gives one value a patch: a clear error, not a misread feature vector.
+    with pytest.raises(ValueError, match="retrain it with CNN.py and train.py"):
+        batch_features([gray], lambda x: detector.cnn(x)[:, 0])
+
+
 def test_predict_array_result_fields(detector, photo):
     r = detector.predict_array(photo)
     assert 0.0 <= r.blur_probability <= 1.0
