@@ -65,8 +65,9 @@ def batch_features(
     batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
     scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros((0, 1 + EMBED_DIM), np.float32)
     if scores.ndim != 2 or scores.shape[1] != 1 + EMBED_DIM:
-        raise ValueError(f"the CNN gives {scores.shape[1:]} values a patch, not 1 + {EMBED_DIM}: a model from before "
-                         "patch embeddings; retrain it with CNN.py and train.py")
+        given = scores.shape[1] if scores.ndim == 2 else 1
+        raise ValueError(f"the CNN gives {given} value(s) a patch, not 1 + {EMBED_DIM}: a model from before patch "
+                         "embeddings; retrain it with CNN.py and train.py")
     probs, embeds, start = [], [], 0
     for gr, c in zip(grids, chosen):
         p = np.full(len(gr.patches), np.nan, np.float32)
