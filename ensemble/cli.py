@@ -3,11 +3,12 @@
     blur-detect scan PATH... [--recursive] [--threshold P] [--format table|csv|json|jsonl] [--output FILE]
                              [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--dry-run]
                              [--save-maps DIR] [--quiet]
-    blur-detect undo JOURNAL [--quiet]
+    blur-detect undo JOURNAL|FOLDER... [--dry-run] [--foreign [--yes]] [--quiet]
 
 Exit status: 0 every image was scored (and every move done); 1 some image could not be read, a folder argument
-held no image, a move or a blur-map picture failed, or the model could not be loaded; 2 usage error; 130
-interrupted (Ctrl-C).
+held no image, a move or a blur-map picture failed, the model could not be loaded, or the report could not be
+written (a full disk, a closed standard output, a reader that left: ``| head``); 2 usage error; 130 interrupted
+(Ctrl-C).
 
 Output: stdout carries the report (or nothing when ``--output`` is given). Per-image errors go to stderr, one
 line each (``error: PATH: reason``), as does the progress bar. Lines about moving files go to stdout, except when
@@ -96,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_STDOUT_CLOSED = False  # set once by main(): the process started with standard output closed (`>&-`)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run ``blur-detect`` with ``argv`` (default: the process arguments); returns the exit status."""
+    global _STDOUT_CLOSED
+    _STDOUT_CLOSED = sys.stdout is None
     _robust_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,13 +117,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         _err("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # `blur-detect scan ... | head`: the reader left; stop quietly, as cat and grep do.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        # `blur-detect scan ... | head`: the reader left before the output was written; stop quietly, as cat and
+        # grep do, but not with success: part of the output went nowhere.
+        _silence_stdout()
         return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    # After a failed write, Python's flush at exit would fail again and print "Exception ignored ...".
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_closed(what: str) -> bool:
+    """Say so (one line) when standard output was closed at start, so ``what`` would go nowhere."""
+    if _STDOUT_CLOSED:
+        _err(f"error: standard output is closed: {what} would go nowhere")
+    return _STDOUT_CLOSED
 
 
 def _robust_streams() -> None:
@@ -202,7 +221,7 @@ class Report:
     def __init__(self, fmt: str, output: Optional[str], threshold: float):
         self.fmt, self.output, self.threshold = fmt, output, threshold
         self.records: list[dict] = []  # small dicts only, and only for the formats written at the end
-        self.counts = {"blurry": 0, "sharp": 0, "error": 0}
+        self.counts = {"blurry": 0, "sharp": 0, "flat": 0, "error": 0}
         self._stream = None
 
     def open(self) -> None:
@@ -222,6 +241,15 @@ class Report:
         else:
             self.records.append(record)
 
+    def abandon(self) -> None:
+        """Close a jsonl file after a failed write, quietly (its flush would fail again)."""
+        if self._stream is not None and self._stream is not sys.stdout:
+            try:
+                self._stream.close()
+            except OSError:
+                pass
+        self._stream = None
+
     def close(self, order: dict[str, int], interrupted: bool = False) -> None:
         if self.fmt == "jsonl":
             if self._stream is not None and self._stream is not sys.stdout:
@@ -239,17 +267,21 @@ class Report:
     def summary(self, interrupted: bool = False) -> str:
         n, c = sum(self.counts.values()), self.counts
         errors = f"{c['error']} error" + ("" if c["error"] == 1 else "s")
-        line = (f"{n} image{'' if n == 1 else 's'}: {c['blurry']} blurry, {c['sharp']} sharp, {errors} "
+        flat = f"{c['flat']} flat (nothing to judge), " if c["flat"] else ""
+        line = (f"{n} image{'' if n == 1 else 's'}: {c['blurry']} blurry, {c['sharp']} sharp, {flat}{errors} "
                 f"(threshold {_percent(self.threshold)})")
         return line + (" - interrupted" if interrupted else "")
 
     def _table(self, interrupted: bool) -> str:
-        scored = sorted((r for r in self.records if r["label"] != "error"), key=lambda r: -r["blur_probability"])
+        scored = sorted((r for r in self.records if r["blur_probability"] is not None),
+                        key=lambda r: -r["blur_probability"])
+        flat = [r for r in self.records if r["label"] == "flat"]
         failed = [r for r in self.records if r["label"] == "error"]
         rows = [("BLUR", "LABEL", "LAPVAR", "SIZE", "PATH")]
-        for r in scored:
-            rows.append((f"{100 * r['blur_probability']:.1f}%", r["label"], f"{r['laplacian_var']:.1f}",
-                         f"{r['width']}x{r['height']}", _shown(r["path"])))
+        for r in scored + flat:
+            blur = "-" if r["blur_probability"] is None else f"{100 * r['blur_probability']:.1f}%"
+            rows.append((blur, r["label"], f"{r['laplacian_var']:.1f}", f"{r['width']}x{r['height']}",
+                         _shown(r["path"])))
         for r in failed:
             rows.append(("-", "error", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -314,7 +346,7 @@ class _Progress:
 def run_scan(args: argparse.Namespace) -> int:
     from contextlib import closing
 
-    from .scan import default_workers, expand_paths, map_names, save_blur_map, scan_paths
+    from .scan import default_workers, expand_paths, map_names, max_workers, save_blur_map, scan_paths
 
     parser: argparse.ArgumentParser = args._parser
     for option, value in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
@@ -328,6 +360,12 @@ def run_scan(args: argparse.Namespace) -> int:
                            ("--save-maps", args.save_maps)):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             parser.error(f"{option}: {folder} exists and is not a folder")
+    if not args.output and _stdout_closed("the report (give --output FILE)"):
+        return EXIT_FAILED
+    workers = args.workers or default_workers()
+    if workers > max_workers():
+        _err(f"note: --workers {workers} is more than {max_workers()} ({_per_core()} per core): using {max_workers()}")
+        workers = max_workers()
     if args.output:
         if os.path.isdir(args.output):
             parser.error(f"--output: {args.output} is a folder")
@@ -382,8 +420,7 @@ def run_scan(args: argparse.Namespace) -> int:
     interrupted = False
     progress = _Progress(len(inputs), not args.quiet)
     try:
-        scans = scan_paths(inputs, detector, args.workers or default_workers(), with_map=bool(args.save_maps),
-                           after=after)
+        scans = scan_paths(inputs, detector, workers, with_map=bool(args.save_maps), after=after)
         with closing(scans):
             for scanned in scans:
                 if scanned.error is not None:
@@ -401,14 +438,20 @@ def run_scan(args: argparse.Namespace) -> int:
                 progress.update()
     except KeyboardInterrupt:
         interrupted = True
+    except BrokenPipeError:
+        raise  # the reader left: main() ends quietly
+    except OSError as err:  # jsonl is written as it goes: a full disk stops the scan
+        report.abandon()
+        return _report_failed(args.output, err)
     finally:
         progress.close()
 
     try:
         report.close(order, interrupted)
+    except BrokenPipeError:
+        raise
     except OSError as err:
-        _err(f"error: cannot write {args.output or 'the report to standard output'}: {err.strerror or err}")
-        return EXIT_FAILED
+        return _report_failed(args.output, err)
     if report.fmt != "table" and not args.quiet and not interrupted and sys.stderr.isatty():
         _err(report.summary())
     if interrupted:
@@ -426,6 +469,20 @@ def run_scan(args: argparse.Namespace) -> int:
         if status == EXIT_INTERRUPTED:
             return status
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _report_failed(output: Optional[str], err: OSError) -> int:
+    _err(f"error: cannot write {_shown(output) if output else 'the report to standard output'}: "
+         f"{err.strerror or err}")
+    if not output:
+        _silence_stdout()
+    return EXIT_FAILED
+
+
+def _per_core() -> int:
+    from .scan import WORKERS_PER_CORE
+
+    return WORKERS_PER_CORE
 
 
 def _has_subfolders(folder: str) -> bool:
@@ -495,16 +552,93 @@ def _sort_blurry(paths: list[str], root_of: dict[str, str], dest: str, mode: str
 
 
 def add_undo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("journal", metavar="JOURNAL", help="the .blur-detect-journal-*.jsonl file a scan wrote")
+    p.add_argument("journals", nargs="+", metavar="JOURNAL",
+                   help="a .blur-detect-journal-*.jsonl file a sort wrote, or a folder holding such journals; "
+                        "several are undone newest first")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="show each journal's folders and what would be put back, and change nothing")
+    p.add_argument("--foreign", action="store_true",
+                   help="also undo a journal this user's key did not sign (from an older version, another machine "
+                        "or another user): its folders and plan are shown first and you are asked")
+    p.add_argument("-y", "--yes", action="store_true", help="with --foreign: undo without asking (the plan is "
+                                                            "still shown)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
 
 
 def run_undo(args: argparse.Namespace) -> int:
-    from .sorting import SortingError, undo
+    from .sorting import SortingError
+
+    if args.yes and not args.foreign:
+        args._parser.error("--yes goes with --foreign")
+    if _stdout_closed("what undo does"):
+        return EXIT_FAILED
+    journals, status = _find_journals(args.journals)
+    for path in journals:
+        try:
+            step = _undo_one(path, args)
+        except SortingError as err:
+            _err(f"error: {err}")
+            step = EXIT_FAILED
+        if step == EXIT_INTERRUPTED:
+            return step
+        status = status if step == EXIT_OK else EXIT_FAILED
+    return status
+
+
+def _find_journals(args: list[str]) -> tuple[list[str], int]:
+    """The journal files named by ``args`` (files, or folders holding journals), newest first."""
+    from .sorting import JOURNAL_PREFIX
+
+    found: list[str] = []
+    status = EXIT_OK
+    for arg in args:
+        if arg == "":
+            _err("error: empty journal path")
+            status = EXIT_FAILED
+        elif os.path.isdir(arg):
+            names = sorted(n for n in os.listdir(arg) if n.startswith(JOURNAL_PREFIX) and n.endswith(".jsonl"))
+            if not names:
+                _err(f"error: no journal to undo in {_shown(arg)}")
+                status = EXIT_FAILED
+            found += [os.path.join(arg, n) for n in names]
+        else:
+            found.append(arg)
+
+    def age(path: str) -> tuple[str, int]:
+        # The name carries the sort's start (YYYYmmdd-HHMMSS); the file's last write breaks ties within a second.
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            mtime = 0
+        return os.path.basename(path)[len(JOURNAL_PREFIX):len(JOURNAL_PREFIX) + 15], mtime
+
+    unique = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    return sorted(unique, key=age, reverse=True), status
+
+
+def _undo_one(path: str, args: argparse.Namespace) -> int:
+    """Check, show and undo one journal; raises SortingError for one that cannot be read or is refused."""
+    from .sorting import UNDONE_SUFFIX, SortingError, load_journal, refusal, undo
+
+    if path.endswith(UNDONE_SUFFIX) or os.path.lexists(path + UNDONE_SUFFIX):
+        raise SortingError(f"journal was already undone: {path}")
+    journal = load_journal(path)
+    problem = refusal(journal, foreign=args.foreign)
+    if args.dry_run or (args.foreign and not journal.signed):
+        _show_plan(journal, problem)
+    if problem:
+        hint = "" if journal.signed or args.foreign else (
+            f"; if you trust it, see its plan with 'blur-detect undo --dry-run {shlex.quote(path)}' "
+            "and undo it with --foreign")
+        raise SortingError(f"journal {path} refused, nothing was moved: {problem}{hint}")
+    if args.dry_run:
+        return EXIT_OK
+    if args.foreign and not journal.signed and not args.yes and not _confirmed():
+        return EXIT_FAILED
 
     restored = skipped = failed = 0
     try:
-        for outcome in undo(args.journal):
+        for outcome in undo(path, foreign=args.foreign):
             if not outcome.ok:
                 failed += 1
                 _err(f"error: {_shown(outcome.dst)}: {outcome.error}")
@@ -516,18 +650,48 @@ def run_undo(args: argparse.Namespace) -> int:
                 skipped += 1
                 if not args.quiet:
                     print(f"skipped {_shown(outcome.dst)}: {outcome.note}", flush=True)
-    except SortingError as err:
-        _err(f"error: {err}")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         _err(f"interrupted after {restored} file(s) restored; run the same undo again to finish")
         return EXIT_INTERRUPTED
-    summary = f"{restored} file(s) restored" + (f", {skipped} skipped" if skipped else "")
+    summary = f"{_shown(path)}: {restored} file(s) restored" + (f", {skipped} skipped" if skipped else "")
     if failed:
         print(f"{summary}, {failed} failed; the journal is kept: fix the problems and run undo again", flush=True)
         return EXIT_FAILED
     print(summary, flush=True)
     return EXIT_OK
+
+
+def _show_plan(journal, problem: Optional[str]) -> None:
+    """Print a journal's signature, folders and plan: what undo would do, newest first."""
+    trust = "signed by this user" if journal.signed else f"NOT signed by this user's key: {journal.problem}"
+    print(f"journal {_shown(journal.path)} ({trust})")
+    roots = ", ".join(_shown(r) for r in journal.roots) or "none recorded (an older journal: read every path below)"
+    print(f"  folders it may touch: {roots}")
+    for entry in reversed(journal.entries):
+        if entry["op"] == "mkdir":
+            print(f"  would remove {_shown(entry['path'])} if empty")
+        elif entry["op"] == "copy":
+            print(f"  would leave the copy {_shown(entry['dst'])} in place")
+        else:
+            print(f"  would restore {_shown(entry['dst'])} -> {_shown(entry['src'])}")
+    if problem:
+        print(f"  refused: {problem}")
+    sys.stdout.flush()
+
+
+def _confirmed() -> bool:
+    """Ask on the terminal before a foreign journal is undone; never without one."""
+    if not sys.stdin or not sys.stdin.isatty():
+        _err("error: not confirmed: run it in a terminal to be asked, or add --yes")
+        return False
+    try:
+        answer = input("undo this journal? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    _err("not undone")
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """BlurDetector: the trained ensemble behind one small object.
 
     >>> det = BlurDetector.load()              # the shipped model/ and final_model/
-    >>> det.predict_path("photo.jpg").label    # 'sharp' or 'blurry'
+    >>> det.predict_path("photo.jpg").label    # 'sharp', 'blurry', or 'flat' (nothing to judge)
 
 Inference runs on ONNX Runtime (no TensorFlow needed); ``runtime="keras"`` runs the .keras files instead.
 """
@@ -16,11 +16,17 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .features import FEATURE_NAMES, LAPVAR_INDEX, batch_features
+from .focus import no_detail
 from .imageio import Decoded, load_image, resize_to_analysis, to_gray
 from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
 META_DIR = "final_model"
+
+LABELS = ("blurry", "sharp", "flat", "error")
+"""A scan record's ``label``: ``flat`` is an image with nothing to judge (smaller than 32 pixels on a side, or
+uniform: blank, one colour, a covered lens), which is neither sharp nor blurry and is never moved; ``error`` one
+that could not be read."""
 
 
 def default_model_root() -> Path:
@@ -39,13 +45,15 @@ def default_model_root() -> Path:
 class BlurResult:
     """Verdict on one image.
 
-    ``blur_probability`` is the calibrated P(blurry) in [0, 1]; ``label`` is 'blurry' when it reaches the threshold;
-    ``laplacian_var`` the variance of the Laplacian at the analysis scale (grey levels²); ``width``/``height`` the
-    original size in pixels; ``cnn_probability`` the CNN's own mean patch probability; ``blur_map`` the per-patch
-    probabilities (rows, cols), NaN where a patch is flat.
+    ``blur_probability`` is the calibrated P(blurry) in [0, 1]; ``label`` is 'blurry' when it reaches the threshold,
+    else 'sharp', or 'flat' when the image has nothing to judge: then ``blur_probability`` is None and ``flat``
+    says why; ``laplacian_var`` the variance of the Laplacian at the analysis scale (grey levels²);
+    ``width``/``height`` the original size in pixels; ``cnn_probability`` the CNN's own mean patch probability;
+    ``blur_map`` the per-patch probabilities (rows, cols), NaN where a patch is flat; ``grid_origin`` (y, x) and
+    ``patch_size`` place that map on the analysis-scale image, in pixels.
     """
 
-    blur_probability: float
+    blur_probability: float | None
     label: str
     laplacian_var: float
     width: int
@@ -54,13 +62,14 @@ class BlurResult:
     blur_map: np.ndarray | None = field(default=None, repr=False, compare=False)
     grid_origin: tuple[int, int] = (0, 0)
     patch_size: int = 0
+    flat: str | None = None
 
     def record(self, path: str | None = None) -> dict:
         """The scan record: path, label, blur_probability, laplacian_var, width, height, error (None)."""
         return {
             "path": path,
             "label": self.label,
-            "blur_probability": round(self.blur_probability, 6),
+            "blur_probability": None if self.blur_probability is None else round(self.blur_probability, 6),
             "laplacian_var": round(self.laplacian_var, 3),
             "width": self.width,
             "height": self.height,
@@ -170,14 +179,15 @@ class BlurDetector:
         feats, grids, probs = self.features(grays)
         blur = np.clip(self.meta(feats), 0.0, 1.0)
         results = []
-        for (w, h), gr, p, prob, f in zip(sizes, grids, probs, blur, feats):
+        for gray, (w, h), gr, p, prob, f in zip(grays, sizes, grids, probs, blur, feats):
+            flat = no_detail(gray)
             results.append(BlurResult(
-                blur_probability=float(prob),
-                label="blurry" if prob >= self.threshold else "sharp",
+                blur_probability=None if flat else float(prob),
+                label="flat" if flat else "blurry" if prob >= self.threshold else "sharp",
                 laplacian_var=float(np.expm1(f[LAPVAR_INDEX])),
                 width=int(w), height=int(h),
                 cnn_probability=float(f[0]),
                 blur_map=blur_map(gr, p) if with_map else None,
-                grid_origin=gr.origin, patch_size=gr.size,
+                grid_origin=gr.origin, patch_size=gr.size, flat=flat,
             ))
         return results

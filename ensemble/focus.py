@@ -21,6 +21,32 @@ FOCUS_FEATURE_NAMES = tuple(
 ) + ("lap_ratio_1_2", "lap_ratio_1_4", "log_contrast")
 
 
+MIN_DETAIL_SIDE = 32
+"""An image whose shorter side is below this (pixels) is too small to judge: neither sharp nor blurry."""
+
+UNIFORM_STD = 2.5
+"""An image whose standard deviation, after area-averaging 8 × 8 pixel blocks (which removes sensor noise), is below
+this (grey levels) is uniform: a blank page or picture, a covered or fogged-up lens, a flat test card."""
+
+
+def detail_spread(gray: np.ndarray) -> float:
+    """Grey-level standard deviation after 8 × 8 area averaging: how much there is to see, noise left out."""
+    h, w = gray.shape
+    small = cv2.resize(gray, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
+    return float(small.std())
+
+
+def no_detail(gray: np.ndarray) -> str | None:
+    """Why a grey image has nothing to judge for focus (too small, or uniform), or None when it has."""
+    h, w = gray.shape
+    if min(h, w) < MIN_DETAIL_SIDE:
+        return f"too small to judge ({w}x{h} pixels; at least {MIN_DETAIL_SIDE} on each side)"
+    spread = detail_spread(gray)
+    if spread < UNIFORM_STD:
+        return f"uniform picture (contrast {spread:.1f} grey levels): nothing to judge"
+    return None
+
+
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the Laplacian (3×3 kernel), in grey levels squared. 0 for a flat image."""
     lap = cv2.Laplacian(gray, cv2.CV_32F)

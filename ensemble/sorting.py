@@ -8,6 +8,10 @@ Safety rules, in the order they matter:
   as the same inode (rename / hard link) or as a copy whose sha256 was checked.
 * Every completed operation is appended to a JSON-lines journal and fsynced at
   once, so :func:`undo` can put every file back.
+* A journal is signed with this user's key and names the folders (roots) it
+  may touch (:mod:`ensemble.journal_auth`): :func:`undo` refuses, whole and
+  before anything moves, a journal it did not write or one that would leave
+  those folders.
 
 The tool never deletes a user's file outright; a copy made in ``"copy"`` mode
 is left in place by :func:`undo`.
@@ -22,20 +26,26 @@ import os
 import shutil
 import stat
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable, Iterator, Optional, Union
+
+from . import journal_auth
+from .journal_auth import JournalAuthError
 
 __all__ = [
     "MODES",
     "UNDONE_SUFFIX",
+    "Journal",
     "MoveOutcome",
     "PlannedMove",
     "SortingError",
     "apply_moves",
     "new_journal_path",
     "plan_moves",
+    "load_journal",
     "read_journal",
+    "refusal",
     "undo",
 ]
 
@@ -61,11 +71,13 @@ class SortingError(Exception):
 
 @dataclass(frozen=True)
 class PlannedMove:
-    """One planned operation; ``src`` and ``dst`` are absolute paths."""
+    """One planned operation; ``src`` and ``dst`` are absolute paths; ``root`` the folder the source was found
+    in (a scan root), recorded in the journal as a folder its undo may write to (default: the source's folder)."""
 
     src: str
     dst: str
     mode: str = "move"
+    root: Optional[str] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,7 @@ def plan_moves(
         rel = _relative_target(src, root)
         dst = _free_name(os.path.join(dest_abs, rel), taken)
         taken.add(_collision_key(dst))
-        plan.append(PlannedMove(src=src, dst=dst, mode=mode))
+        plan.append(PlannedMove(src=src, dst=dst, mode=mode, root=os.path.abspath(root)))
     return plan
 
 
@@ -202,17 +214,23 @@ def apply_moves(plan: Iterable[PlannedMove], journal_path: PathLike) -> Iterator
 
     Lazy: work happens while the result is iterated. A failing file gives an
     ``error`` outcome and the rest go on; a journal that cannot be written
-    raises :class:`SortingError` and stops. The journal is only created once
-    there is something to record.
+    (or signed: this user's key is made on the first sort) raises
+    :class:`SortingError` and stops. The journal is only created once there is
+    something to record; it must not exist yet.
     """
     moves = list(plan)
     for move in moves:
         _check_mode(move.mode)
-    return _apply(moves, os.path.abspath(journal_path))
+    journal_path = os.path.abspath(journal_path)
+    # Roots are fixed now, before any folder is made: what the sort creates lies below an anchor.
+    roots = ([m.root or os.path.dirname(os.path.abspath(m.src)) for m in moves]
+             + [journal_auth.anchor(os.path.dirname(os.path.abspath(m.dst))) for m in moves]
+             + [journal_auth.anchor(os.path.dirname(journal_path))])
+    return _apply(moves, journal_path, roots)
 
 
-def _apply(moves: list[PlannedMove], journal_path: str) -> Iterator[MoveOutcome]:
-    journal = _Journal(journal_path)
+def _apply(moves: list[PlannedMove], journal_path: str, roots: list[str]) -> Iterator[MoveOutcome]:
+    journal = _Journal(journal_path, roots)
     try:
         for move in moves:
             yield _apply_one(move, journal)
@@ -274,31 +292,42 @@ def _entry(op: str, src: str, dst: str, sha: Optional[str], size: Optional[int])
         "dst": dst,
         "sha256": sha,
         "size": size,
-        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "time": _now(),
     }
 
 
-class _Journal:
-    """Append-only JSON-lines file, fsynced after every line."""
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
-    def __init__(self, path: str) -> None:
+
+class _Journal:
+    """Append-only JSON-lines file, fsynced after every line; a signed ``begin`` header, then signed entries."""
+
+    def __init__(self, path: str, roots: list[str]) -> None:
         self.path = path
+        self.roots = roots
         self._fh = None
+        self._signer: Optional[journal_auth.Signer] = None
 
     def open(self) -> None:
         if self._fh is not None:
             return
         created: list[str] = []
         try:
+            key = journal_auth.load_key(create=True)
+            begin = journal_auth.header(self.roots, uuid.uuid4().hex, _now())
             _makedirs(os.path.dirname(self.path), created)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        except OSError as exc:
+            self._fh = open(self.path, "x", encoding="utf-8")
+        except (OSError, JournalAuthError) as exc:
             raise _JournalWriteError(_one_line(exc)) from exc
+        self._signer = journal_auth.Signer(key)
+        self.write(begin)
         for d in created:
             self.write({"op": "mkdir", "path": d})
 
     def write(self, entry: dict) -> None:
         self.open()
+        entry = self._signer.sign(entry)
         try:
             # ensure_ascii keeps undecodable file names (surrogate escapes)
             # representable; json.loads gives them back unchanged.
@@ -452,22 +481,62 @@ def _check_mode(mode: str) -> None:
 # journal reading and undo
 
 
-def read_journal(path: PathLike) -> list[dict]:
-    """Parse and validate a journal; raise :class:`SortingError` naming the bad line.
+@dataclass(frozen=True)
+class Journal:
+    """A parsed journal: ``entries`` (mkdir, move and copy lines, oldest first), the ``roots`` its header records
+    (empty for a journal without one), and ``problem``: why this user's key does not vouch for it, or None."""
 
-    An unterminated, unparsable last line (a write cut short) is ignored, so the entries before it stay undoable.
+    path: str
+    entries: list
+    roots: tuple
+    problem: Optional[str]
+
+    @property
+    def signed(self) -> bool:
+        return self.problem is None
+
+
+def read_journal(path: PathLike) -> list[dict]:
+    """Parse and validate a journal; return its mkdir/move/copy entries, oldest first (not the header).
+
+    Raises :class:`SortingError` naming the bad line. An unterminated, unparsable last line (a write cut short)
+    is ignored, so the entries before it stay undoable.
+    """
+    return load_journal(path).entries
+
+
+def load_journal(path: PathLike) -> Journal:
+    """Parse, validate and check the signature of a journal (see :mod:`ensemble.journal_auth`).
+
+    Only a regular file is read (a FIFO or device is refused without blocking). Raises :class:`SortingError`
+    for a journal that is missing, unreadable or malformed; an unsigned or foreign one is returned with its
+    ``problem`` set.
     """
     path = os.fspath(path)
+    lines = _parse_lines(path)
     try:
-        f = open(path, "rb")
+        problem = journal_auth.signature_problem(lines, journal_auth.load_key())
+    except (OSError, JournalAuthError) as exc:
+        problem = _one_line(exc)
+    has_header = bool(lines) and lines[0]["op"] == "begin"
+    entries = lines[1:] if has_header else lines
+    roots = tuple(lines[0]["roots"]) if has_header else ()
+    return Journal(path, entries, roots, problem)
+
+
+def _parse_lines(path: str) -> list[dict]:
+    try:
+        # stat first and open without blocking: a FIFO planted as a journal must not hang the undo.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise SortingError(f"not a journal: {path} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise SortingError(f"journal not found: {path}") from None
     except OSError as exc:
         raise SortingError(f"cannot read journal {path}: {exc.strerror or exc}") from None
-    entries = []
-    with f:
-        # A device or a huge stray file given by mistake must not be read whole into memory.
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    lines = []
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped between the stat and the open
             raise SortingError(f"not a journal: {path} is not a regular file")
         lineno = 0
         while raw := _read_line(f, path):
@@ -482,11 +551,11 @@ def read_journal(path: PathLike) -> list[dict]:
                     # that move back; either way the entries before it must stay undoable.
                     break
                 raise SortingError(f"malformed journal {path}, line {lineno}: not valid JSON") from None
-            problem = _entry_problem(obj)
+            problem = _entry_problem(obj, first=not lines)
             if problem:
                 raise SortingError(f"malformed journal {path}, line {lineno}: {problem}")
-            entries.append(obj)
-    return entries
+            lines.append(obj)
+    return lines
 
 
 def _read_line(f, path: str) -> bytes:
@@ -499,10 +568,17 @@ def _read_line(f, path: str) -> bytes:
     return raw
 
 
-def _entry_problem(obj: object) -> Optional[str]:
+def _entry_problem(obj: object, first: bool = False) -> Optional[str]:
     if not isinstance(obj, dict):
         return "not a JSON object"
     op = obj.get("op")
+    if op == "begin":
+        if not first:
+            return "a second header"
+        roots = obj.get("roots")
+        if not (isinstance(roots, list) and roots and all(isinstance(r, str) and os.path.isabs(r) for r in roots)):
+            return "'roots' must be a list of absolute paths"
+        return None
     if op == "mkdir":
         return _abs_path_problem(obj, "path")
     if op not in MODES:
@@ -526,47 +602,69 @@ def _entry_problem(obj: object) -> Optional[str]:
 
 def _abs_path_problem(obj: dict, key: str) -> Optional[str]:
     value = obj.get(key)
-    if not (isinstance(value, str) and os.path.isabs(value)):
+    if not (isinstance(value, str) and os.path.isabs(value) and "\x00" not in value):
         return f"{key!r} must be an absolute path"
     return None
 
 
-def undo(journal_path: PathLike) -> Iterator[MoveOutcome]:
+def refusal(journal: Journal, foreign: bool = False, within: Optional[PathLike] = None) -> Optional[str]:
+    """Why :func:`undo` would refuse ``journal``, or None.
+
+    A journal must be signed with this user's key (``foreign`` waives that, for a journal from an older version,
+    another machine or another user whose plan a person has read), and every path must lie inside its roots as
+    the disk resolves them now (waived only for a ``foreign`` journal that records no roots). ``within``: a folder
+    the roots must lie inside too.
+    """
+    if journal.problem and not foreign:
+        return f"not signed by this user's key: {journal.problem}"
+    if journal.roots or not foreign or within is not None:
+        problem = journal_auth.confinement_problem(journal.entries, journal.roots, os.fspath(within) if within else None)
+        if problem:
+            return problem
+    return None
+
+
+def undo(journal_path: PathLike, foreign: bool = False, within: Optional[PathLike] = None) -> Iterator[MoveOutcome]:
     """Put moved files back, newest first, yielding one outcome per file entry.
 
-    Each file is verified against the journal's sha256 first and is never
-    written over an existing file; such entries give ``error`` outcomes and
-    the rest go on. Copies are left in place (``skipped``): nothing is ever
-    deleted. Directories the sort created are removed only if now empty.
-    When every entry succeeded the journal is renamed to ``<name>.undone``;
-    otherwise it stays, and undo can be run again once the problems are fixed.
+    The journal is checked whole first (:func:`refusal`: signed, and every path inside its roots) and refused
+    with :class:`SortingError` before anything moves. Each file is then verified against the journal's sha256
+    and is never written over an existing file; such entries give ``error`` outcomes and the rest go on. Copies
+    are left in place (``skipped``): nothing is ever deleted. Directories the sort created are removed only if
+    now empty. When every entry succeeded the journal is renamed to ``<name>.undone``; otherwise it stays, and
+    undo can be run again once the problems are fixed.
 
-    Raises :class:`SortingError` at once if the journal was already undone
-    or is malformed.
+    Raises :class:`SortingError` at once if the journal was already undone, is malformed or is refused.
     """
     path = os.path.abspath(journal_path)
     if path.endswith(UNDONE_SUFFIX) or os.path.lexists(path + UNDONE_SUFFIX):
         raise SortingError(f"journal was already undone: {path}")
-    entries = read_journal(path)
-    return _undo(path, entries)
+    journal = load_journal(path)
+    problem = refusal(journal, foreign, within)
+    if problem:
+        raise SortingError(f"journal {path} refused, nothing was moved: {problem}")
+    return _undo(path, journal)
 
 
-def _undo(path: str, entries: list[dict]) -> Iterator[MoveOutcome]:
+def _undo(path: str, journal: Journal) -> Iterator[MoveOutcome]:
     failed = False
-    for entry in reversed(entries):
+    for entry in reversed(journal.entries):
+        # Checked again right before each step: a folder swapped for a link since the first check is caught.
+        problem = journal_auth.confinement_problem([entry], journal.roots) if journal.roots else None
         op = entry["op"]
         if op == "mkdir":
             # rmdir only ever removes an empty directory, so this cannot take
             # anything a user put there since.
-            try:
-                os.rmdir(entry["path"])
-            except OSError:
-                pass
+            if problem is None:
+                try:
+                    os.rmdir(entry["path"])
+                except OSError:
+                    pass
         elif op == "copy":
             yield MoveOutcome(entry["src"], entry["dst"], "copy", "skipped", None,
                               "copy left in place", entry["sha256"], entry["size"])
         else:
-            outcome = _restore_one(entry)
+            outcome = _restore_one(entry, problem)
             failed = failed or not outcome.ok
             yield outcome
     if not failed:
@@ -576,12 +674,14 @@ def _undo(path: str, entries: list[dict]) -> Iterator[MoveOutcome]:
             raise SortingError(f"files restored, but could not mark journal {path} as undone: {exc}") from exc
 
 
-def _restore_one(entry: dict) -> MoveOutcome:
+def _restore_one(entry: dict, problem: Optional[str] = None) -> MoveOutcome:
     src, dst, sha, size = entry["src"], entry["dst"], entry["sha256"], entry["size"]
 
     def outcome(status: str, error: Optional[str] = None, note: Optional[str] = None) -> MoveOutcome:
         return MoveOutcome(src, dst, "restore", status, error, note, sha, size)
 
+    if problem:
+        return outcome("error", f"refused: {problem}")
     try:
         if not os.path.lexists(dst):
             # An earlier, interrupted undo may have put it back already.

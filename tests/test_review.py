@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from ensemble import sorting  # noqa: E402
 from ensemble.detector import BlurResult  # noqa: E402
 from ensemble.imageio import load_image  # noqa: E402
 from ensemble.review import decisions, pictures  # noqa: E402
@@ -596,24 +598,39 @@ def test_undo_refuses_a_planted_journal(tmp_path, folder):
     (folder / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + journal.name]}))
     with review(folder) as (service, client):
         r = client.post("/api/review/undo").json()
-        assert "outside the folder" in r["error"] and r["done"] == []
+        assert "refused" in r["error"] and "not signed" in r["error"] and r["done"] == []
+        assert r["settled"] and client.get("/api/review/status").json()["undo_available"] == 0
     assert outside.exists() and not (tmp_path / "stolen.jpg").exists()
 
 
+def test_undo_refuses_a_signed_journal_whose_paths_leave_the_folder(tmp_path, folder):
+    # A journal this user signed for another folder, copied into this one, must not move files out of it.
+    other = tmp_path / "other"
+    victim = photo(other / "p50_victim.jpg")
+    journal = sorting.new_journal_path(other / "_blurry")
+    list(sorting.apply_moves(sorting.plan_moves([victim], other / "_blurry"), journal))
+    planted = folder / "_blurry" / Path(journal).name
+    shutil.copy(journal, planted)
+    (folder / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + planted.name]}))
+    with review(folder) as (service, client):
+        r = client.post("/api/review/undo").json()
+        assert "refused" in r["error"] and "outside" in r["error"] and r["done"] == []
+    assert (other / "_blurry" / "p50_victim.jpg").exists() and not victim.exists()
+
+
 def test_undo_with_a_link_loop_where_a_photo_was_is_one_line_not_a_500(folder):
+    journal = sorting.new_journal_path(folder / "_blurry")
+    list(sorting.apply_moves(sorting.plan_moves([folder / "p10_a.jpg"], folder / "_blurry"), journal))
     moved = folder / "_blurry" / "p10_a.jpg"
-    moved.write_bytes(b"photo")
-    (folder / "p10_a.jpg").unlink()
-    journal = folder / "_blurry" / ".blur-detect-journal-loop.jsonl"
-    entry = {"op": "move", "src": str(folder / "p10_a.jpg"), "dst": str(moved), "sha256": sha(moved),
-             "size": 5, "time": "2024-01-01T00:00:00+00:00"}
-    journal.write_text(json.dumps(entry) + "\n")
+    before = moved.read_bytes()
     os.symlink("p10_a.jpg", folder / "p10_a.jpg")  # since the apply, a link to itself took the photo's place
-    (folder / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + journal.name]}))
+    (folder / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + Path(journal).name]}))
     with review(folder) as (service, client):
         r = client.post("/api/review/undo")
-        assert r.status_code == 200 and "cannot be resolved" in r.json()["error"], r.text
-    assert moved.read_bytes() == b"photo"
+        assert r.status_code == 200, r.text
+        (failed,) = r.json()["failed"]
+        assert "occupied" in failed["error"] and "\n" not in failed["error"]
+    assert moved.read_bytes() == before and os.path.islink(folder / "p10_a.jpg")
 
 
 def test_changing_routes_refuse_cross_site_requests(folder):

@@ -137,7 +137,7 @@ def test_copy_mode_keeps_sources_and_undo_keeps_copies(tmp_path, photos):
     assert [o.status for o in apply_moves(plan, journal)] == ["done"] * 3
     assert snapshot(photos) == before
     assert snapshot(dest)["sub/b.jpg"] == before["sub/b.jpg"]
-    assert {e["op"] for e in journal_lines(journal)} == {"copy", "mkdir"}
+    assert {e["op"] for e in journal_lines(journal)} == {"begin", "copy", "mkdir"}
 
     outcomes = list(undo(journal))
     assert [(o.op, o.status) for o in outcomes] == [("copy", "skipped")] * 3
@@ -204,7 +204,7 @@ def test_cross_filesystem_copy_that_fails_verification_keeps_source(tmp_path, tw
     assert outcome.status == "error" and "verification" in outcome.error
     assert src.read_bytes() == b"precious"
     assert list(dest.iterdir()) == [Path(journal)]  # no partial or temp file
-    assert all(e["op"] == "mkdir" for e in journal_lines(journal))
+    assert all(e["op"] in ("begin", "mkdir") for e in journal_lines(journal))
 
 
 def test_undo_twice_is_refused(tmp_path, photos):

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..fsutil import OutsideRootError, confine
-from ..sorting import JOURNAL_PREFIX, SortingError, apply_moves, new_journal_path, plan_moves, read_journal, undo
+from ..sorting import (JOURNAL_PREFIX, SortingError, apply_moves, load_journal, new_journal_path, plan_moves, refusal,
+                       undo)
 from .paths import DEST_DIR
 
 
@@ -91,7 +92,7 @@ def undo_journal(root: Path, journal: str, progress: Progress = _quiet) -> tuple
         return report, True
     progress(0, total)
     try:
-        for outcome in undo(path):
+        for outcome in undo(path, within=root):
             if not outcome.ok:
                 report.failed.append((_rel(root, outcome.dst), outcome.error or "failed"))
             elif outcome.status == "done":
@@ -106,11 +107,11 @@ def undo_journal(root: Path, journal: str, progress: Progress = _quiet) -> tuple
 
 
 def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
-    """The journal file and how many files it moved or copied, refused unless it and every file it names lie
-    inside ``root``.
+    """The journal file and how many files it moved or copied, refused unless it lies in ``root/_blurry``.
 
     The state file that names the journal sits in the user's folder: a hand-edited or planted journal must not
-    make the page move files anywhere else.
+    make the page move files anywhere else, so one this user did not sign, or whose paths leave ``root``, is
+    refused too (:func:`ensemble.sorting.refusal`); the page has no override for that.
     """
     try:
         path = confine(root / DEST_DIR, journal.removeprefix(DEST_DIR + "/"))
@@ -120,18 +121,13 @@ def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
         raise SortingError(f"journal {journal} cannot be resolved: {err.strerror or err}") from None
     if not path.name.startswith(JOURNAL_PREFIX):
         raise SortingError(f"{journal} is not a blur-detect journal: refused")
-    entries = read_journal(path) if os.path.exists(path) else []
-    for entry in entries:
-        for key in ("path", "src", "dst"):
-            if key in entry:
-                try:
-                    confine(root, entry[key])
-                except OutsideRootError:
-                    raise SortingError(f"journal {journal} names a file outside the folder: refused") from None
-                except OSError:  # e.g. a symbolic link loop there now
-                    raise SortingError(f"journal {journal} names a path that cannot be resolved (a symbolic link "
-                                       f"loop?): {entry[key]}") from None
-    return path, sum(entry["op"] != "mkdir" for entry in entries)
+    if not os.path.lexists(path):
+        return path, 0  # undo reports it missing, and the page lets it go
+    loaded = load_journal(path)
+    problem = refusal(loaded, within=root)
+    if problem:
+        raise SortingError(f"journal {journal} refused: {problem}")
+    return path, sum(entry["op"] != "mkdir" for entry in loaded.entries)
 
 
 def _rel(root: Path, path: str) -> str:

@@ -38,7 +38,9 @@ class Entry:
     ``mtime_ns`` identify the file's version. A scored entry has ``p`` (calibrated P(blurry), 0-1), ``lap`` (variance
     of the Laplacian, grey levels²), ``width``/``height`` (pixels), ``blur_map`` (rows, cols) per-patch
     probabilities at the analysis scale ``side`` with ``origin`` (y, x) and ``patch`` size in pixels, and ``model``
-    (fingerprint of the model that scored it). ``error`` is a one-line reason when it could not be scored;
+    (fingerprint of the model that scored it). ``flat`` is set instead of ``p`` (the reason) when the photo has
+    nothing to judge (label ``flat``): it is never moved unless rejected. ``error`` is a one-line reason when it
+    could not be scored;
     ``final`` marks listing errors, never sent to the model. ``gone`` entries were moved away or deleted.
     """
 
@@ -49,6 +51,7 @@ class Entry:
     error: Optional[str] = None
     final: bool = False
     p: Optional[float] = None
+    flat: Optional[str] = None
     lap: Optional[float] = None
     width: Optional[int] = None
     height: Optional[int] = None
@@ -62,7 +65,7 @@ class Entry:
 
     @property
     def scored(self) -> bool:
-        return self.p is not None
+        return self.p is not None or self.flat is not None
 
     @property
     def version(self) -> str:
@@ -74,6 +77,7 @@ class Entry:
         return {
             "path": self.key,
             "p": None if self.p is None else round(self.p, 4),
+            "flat": self.flat,
             "lap": None if self.lap is None else round(self.lap, 1),
             "w": self.width,
             "h": self.height,
@@ -85,10 +89,10 @@ class Entry:
 
 
 def order_key(entry: Entry) -> tuple:
-    """Blurriest first; then photos that could not be read; then those not scored yet (by path)."""
+    """Blurriest first; then flat photos; then those that could not be read; then those not scored yet (by path)."""
     if entry.p is not None:
         return (0, -entry.p, entry.key)
-    return (1 if entry.error else 2, 0.0, entry.key)
+    return (1 if entry.flat else 2 if entry.error else 3, 0.0, entry.key)
 
 
 class Results:
@@ -184,10 +188,10 @@ class Results:
                 return  # moved away or re-listed while it was being scored
             entry.model, entry.side = model, side
             if result is None:
-                entry.error, entry.p = error, None
+                entry.error, entry.p, entry.flat = error, None, None
             else:
-                entry.error = None
-                entry.p = float(result.blur_probability)
+                entry.error, entry.flat = None, result.flat
+                entry.p = None if result.blur_probability is None else float(result.blur_probability)
                 entry.lap = float(result.laplacian_var)
                 entry.width, entry.height = int(result.width), int(result.height)
                 entry.blur_map = result.blur_map
@@ -240,12 +244,13 @@ def _line(entry: Entry) -> dict:
     if entry.blur_map is not None:
         bmap = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in np.asarray(entry.blur_map)]
     return {"path": entry.key, "size": entry.size, "mtime_ns": entry.mtime_ns, "model": entry.model,
-            "p": entry.p, "lap": entry.lap, "w": entry.width, "h": entry.height, "map": bmap,
+            "p": entry.p, "flat": entry.flat, "lap": entry.lap, "w": entry.width, "h": entry.height, "map": bmap,
             "origin": list(entry.origin), "patch": entry.patch, "side": entry.side}
 
 
 def _fill(entry: Entry, line: dict) -> None:
     entry.model, entry.p, entry.lap = line["model"], line["p"], line["lap"]
+    entry.flat = line.get("flat")
     entry.width, entry.height = line["w"], line["h"]
     bmap = line["map"]
     if bmap is not None:
@@ -270,7 +275,9 @@ def _valid(line: object) -> bool:
         return False
     try:
         ok = (isinstance(line["path"], str) and _is_int(line["size"]) and _is_int(line["mtime_ns"])
-              and isinstance(line["model"], str) and _is_num(line["p"]) and 0 <= line["p"] <= 1
+              and isinstance(line["model"], str)
+              and ((_is_num(line["p"]) and 0 <= line["p"] <= 1 and line.get("flat") is None)
+                   or (line["p"] is None and isinstance(line.get("flat"), str)))
               and _is_num(line["lap"]) and _is_int(line["w"]) and _is_int(line["h"])
               and isinstance(line["origin"], list) and len(line["origin"]) == 2
               and all(_is_int(v) for v in line["origin"]) and _is_int(line["patch"]) and _is_int(line["side"]))

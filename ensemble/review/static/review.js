@@ -114,10 +114,10 @@
     setTimeout(() => el.remove(), kind === 'bad' ? 8000 : 4500);
   }
 
-  /** 'sharp' | 'uncertain' | 'blurry' | 'error' | 'pending' for a record at the current threshold (same rule as
+  /** 'sharp' | 'uncertain' | 'blurry' | 'flat' | 'error' | 'pending' for a record at the current threshold (same rule as
    *  ensemble/review/decisions.py). */
   function verdict(r) {
-    if (r.p === null || r.p === undefined) return r.error ? 'error' : 'pending';
+    if (r.p === null || r.p === undefined) return r.error ? 'error' : r.flat ? 'flat' : 'pending';
     if (Math.abs(r.p - S.t) < S.band) return 'uncertain';
     return r.p > S.t ? 'blurry' : 'sharp';
   }
@@ -134,8 +134,8 @@
   }
 
   function compare(a, b) {
-    const ra = a.p !== null && a.p !== undefined ? 0 : a.error ? 1 : 2;
-    const rb = b.p !== null && b.p !== undefined ? 0 : b.error ? 1 : 2;
+    const rank = (r) => (r.p !== null && r.p !== undefined ? 0 : r.flat ? 1 : r.error ? 2 : 3);
+    const ra = rank(a), rb = rank(b);
     if (ra !== rb) return ra - rb;
     if (ra === 0 && a.p !== b.p) return b.p - a.p;           // blurriest first
     return a.path < b.path ? -1 : a.path > b.path ? 1 : 0;
@@ -178,7 +178,7 @@
       (el.classList.contains('noimg') ? ' noimg' : '');
     el.setAttribute('aria-selected', String(S.sel === r.path));
     const pctEl = el.querySelector('.pct');
-    pctEl.textContent = v === 'pending' ? 'scoring…' : v === 'error' ? 'unreadable' : pct(r.p);
+    pctEl.textContent = v === 'pending' ? 'scoring…' : v === 'error' ? 'unreadable' : v === 'flat' ? 'flat' : pct(r.p);
     el.querySelector('.badge').textContent = r.o === 'keep' ? '✓ Keep' : r.o === 'reject' ? '✕ Reject' : '';
     const img = el.querySelector('.thumb');
     if (r.error) {
@@ -188,7 +188,7 @@
       const url = thumbUrl(r);
       if (img.getAttribute('src') !== url) img.src = url;
     }
-    el.title = `${r.path}\n${v === 'pending' ? 'not scored yet' : v === 'error' ? r.error : `blur ${pct(r.p)} · ${v}`}` +
+    el.title = `${r.path}\n${v === 'pending' ? 'not scored yet' : v === 'error' ? r.error : v === 'flat' ? r.flat : `blur ${pct(r.p)} · ${v}`}` +
       (r.o ? `\nyou chose: ${r.o}` : '');
   }
 
@@ -235,7 +235,7 @@
   }
 
   function renderCounts() {
-    const c = { all: 0, sharp: 0, uncertain: 0, blurry: 0, error: 0, pending: 0, overridden: 0 };
+    const c = { all: 0, sharp: 0, uncertain: 0, blurry: 0, flat: 0, error: 0, pending: 0, overridden: 0 };
     let move = 0;
     for (const r of S.items.values()) {
       c.all++;
@@ -460,9 +460,10 @@
     const small = document.createElement('small');
     if (v === 'pending') { score.append('…'); small.textContent = 'not scored yet'; }
     else if (v === 'error') { score.append('—'); small.textContent = 'unreadable'; }
+    else if (v === 'flat') { score.append('—'); small.textContent = 'nothing to judge'; }
     else { score.append(pct(r.p)); small.textContent = 'blur probability'; }
     score.append(small);
-    $('detail-verdict').textContent = v === 'pending' ? 'waiting' : v === 'error' ? r.error : v;
+    $('detail-verdict').textContent = v === 'pending' ? 'waiting' : v === 'error' ? r.error : v === 'flat' ? `flat: ${r.flat}` : v;
     $('detail-lap').textContent = r.lap === null || r.lap === undefined ? '—' : fmt(r.lap);
     $('detail-size').textContent = r.w ? `${fmt(r.w)} × ${fmt(r.h)}` : '—';
     $('detail-override').textContent = r.o === 'keep' ? 'keep' : r.o === 'reject' ? 'reject' : 'none';
