@@ -6,15 +6,14 @@ training_curves.png and cnn.json. By default the CNN trains on every training ph
 of the scenes away from it, so that train.py can judge the meta-network on the CNN's honest outputs. Uses a GPU when
 TensorFlow sees one, the CPU otherwise.
 """
-import argparse
-
-from ensemble.cli_common import positive_float, positive_int, run_stage
+from ensemble.cli_common import (in_repo, note_replacing_shipped, positive_float, positive_int, run_stage,
+                                  stage_parser)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
-    p.add_argument("--out", default="model", help="output folder")
+    p = stage_parser(__doc__)
+    p.add_argument("--train", default=in_repo("data/train.pkl"), help="training pickle from load_traindata.py")
+    p.add_argument("--out", default=in_repo("model"), help="output folder")
     p.add_argument("--epochs", type=positive_int, default=14,
                    help="epochs (with --meta-fraction, early stopping may end sooner)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch")
@@ -32,6 +31,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     a = p.parse_args(argv)
+    note_replacing_shipped(a.out, "model")
     from ensemble.pipeline import train_cnn_stage
 
     return run_stage(train_cnn_stage, a.train, a.out, a.epochs, a.batch_size, a.lr, a.patches_per_image,

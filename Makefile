@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv browser test demo pipeline splits bench clean help
+.PHONY: venv browser test demo docs pipeline splits bench clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -21,14 +21,18 @@ venv: $(STAMP)  ## create .venv and install everything (pinned by requirements.l
 
 CHROMIUM ?= /usr/bin/chromium
 
-$(CHROMIUM):    # Debian's chromium drives the review-page browser test (Playwright uses it as executable_path)
-	@if command -v apt-get >/dev/null; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium) \
-	  || echo "warning: could not install chromium: the browser test will skip (fail under CI)"; \
-	else echo "warning: no apt-get: install chromium for the browser test (it skips without it)"; fi
+# The review page's browser test drives Debian's chromium through Playwright (as executable_path): Playwright's own
+# browser download cannot be used here. Installing it needs root and apt (about 100 packages, a few minutes).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the review-page browser test (apt-get, as root; log: $(VENV)/apt-chromium.log)"; \
+	  mkdir -p $(VENV); export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
+	    > $(VENV)/apt-chromium.log 2>&1 \
+	  || echo "warning: could not install chromium (see $(VENV)/apt-chromium.log): the browser test will skip (fail under CI)"; \
+	else echo "warning: chromium not found at $(CHROMIUM): install it (sudo apt-get install chromium, or set CHROMIUM=...) or the browser test skips (fails under CI)"; fi
 
-browser: $(CHROMIUM)  ## install Debian's chromium for the browser test
+browser: $(CHROMIUM)  ## install Debian's chromium for the browser test (needs root and apt)
 
 test: venv browser  ## run the test suite
 	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
@@ -36,6 +40,9 @@ test: venv browser  ## run the test suite
 demo: venv      ## build demo/photos from bundled photos plus blurred copies, then scan it with the shipped model
 	$(BIN)/python -m ensemble.demo demo/photos
 	$(BIN)/blur-detect scan demo/photos --recursive --save-maps demo/maps
+
+docs: venv browser  ## remake the README's pictures (docs/review.png, docs/blurmap_example.png) from the demo photos
+	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python docs/make_pictures.py --chromium $(CHROMIUM)
 
 pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 with time and memory figures
 	@mkdir -p reports
@@ -53,4 +60,4 @@ bench: venv     ## run the benchmarks in benchmarks/
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:          ## remove the venv, caches and generated demo/report files (never model/ or data you made)
-	rm -rf $(VENV) demo reports .pytest_cache
+	rm -rf $(VENV) demo reports build dist *.egg-info .pytest_cache .hypothesis

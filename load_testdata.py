@@ -4,14 +4,12 @@
 With no flags: the 20 % of scenes of ../shared/datasets/blur-photos-640 that load_traindata.py leaves out (same
 split, same seed). With --certh DIR: the CERTH EvaluationSet (NaturalBlurSet and DigitalBlurSet, reported apart).
 """
-import argparse
-
-from ensemble.cli_common import add_loading_args, run_stage
+from ensemble.cli_common import add_loading_args, run_stage, stage_parser
 from ensemble.datasets import DEFAULT_DATA
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = stage_parser(__doc__)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", default=str(DEFAULT_DATA), help="dataset folder (CSV, class folders or CERTH)")
     src.add_argument("--certh", metavar="DIR", default=None,

@@ -3,14 +3,12 @@
 
 With no flags: ../shared/datasets/blur-photos-640, split by scene 80/20 with seed 0; this script keeps the 80 %.
 """
-import argparse
-
-from ensemble.cli_common import add_loading_args, run_stage
+from ensemble.cli_common import add_loading_args, run_stage, stage_parser
 from ensemble.datasets import DEFAULT_DATA
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = stage_parser(__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="dataset folder (CSV, class folders or CERTH)")
     add_loading_args(p, "data/train.pkl")
     a = p.parse_args(argv)

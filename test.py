@@ -5,16 +5,14 @@ Prints accuracy, balanced accuracy, precision and recall for blurry, ROC AUC, ex
 confusion matrices, one table per set (CERTH: NaturalBlurSet and DigitalBlurSet apart). Saves ROC,
 confusion-matrix and reliability-diagram PNGs. Thresholds come from training, never from the test data.
 """
-import argparse
-
-from ensemble.cli_common import probability_arg, run_stage
+from ensemble.cli_common import in_repo, probability_arg, run_stage, stage_parser
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--test", default="data/test.pkl", help="test pickle from load_testdata.py")
-    p.add_argument("--models", default=".", help="folder holding model/ and final_model/")
-    p.add_argument("--plots", default="reports", help="folder for the PNG plots")
+    p = stage_parser(__doc__)
+    p.add_argument("--test", default=in_repo("data/test.pkl"), help="test pickle from load_testdata.py")
+    p.add_argument("--models", default=in_repo(""), help="folder holding model/ and final_model/")
+    p.add_argument("--plots", default=in_repo("reports"), help="folder for the PNG plots")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.add_argument("--threshold", type=probability_arg, default=None,
                    help="ensemble threshold, 0-1 or a percentage (default: metadata.json)")

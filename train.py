@@ -7,16 +7,15 @@ and Platt-calibrated on out-of-fold predictions over scene folds: of every image
 scenes CNN.py --meta-fraction kept away from the CNN. Several such networks, one per seed (--members), are
 averaged into the one shipped model.
 """
-import argparse
-
-from ensemble.cli_common import positive_float, positive_int, positive_int_list, run_stage
+from ensemble.cli_common import (in_repo, note_replacing_shipped, positive_float, positive_int, positive_int_list,
+                                  run_stage, stage_parser)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--train", default="data/train.pkl", help="training pickle from load_traindata.py")
-    p.add_argument("--model", default="model", help="folder of the trained CNN (from CNN.py)")
-    p.add_argument("--out", default="final_model", help="output folder")
+    p = stage_parser(__doc__)
+    p.add_argument("--train", default=in_repo("data/train.pkl"), help="training pickle from load_traindata.py")
+    p.add_argument("--model", default=in_repo("model"), help="folder of the trained CNN (from CNN.py)")
+    p.add_argument("--out", default=in_repo("final_model"), help="output folder")
     p.add_argument("--folds", type=int, default=5, help="scene-grouped cross-validation folds")
     p.add_argument("--max-epochs", type=positive_int, default=400, help="epoch limit per fold")
     p.add_argument("--patience", type=int, default=40, help="early-stopping patience in epochs")
@@ -29,6 +28,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed of the first member")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    note_replacing_shipped(a.out, "final_model")
     from ensemble.pipeline import train_meta_stage
 
     return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, a.hidden,

@@ -106,7 +106,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     _STDOUT_CLOSED = sys.stdout is None
     _robust_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Reported by the command's own parser, so that each keeps its exit status for usage errors (cameras: 3).
+        (getattr(args, "_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -372,6 +375,10 @@ def run_scan(args: argparse.Namespace) -> int:
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
             parser.error(f"--output: folder {os.path.dirname(args.output)} does not exist")
 
+    missing = [path for path in args.paths if not os.path.lexists(path)]
+    if missing:  # a typo, not an unreadable image: a usage error, before anything loads
+        parser.error(f"no such file or folder: {_shown(missing[0])}" + (f" (and {len(missing) - 1} more)"
+                                                                         if len(missing) > 1 else ""))
     # Listing is done before the model loads, so that typos are reported at once.
     inputs, empty = expand_paths(args.paths, args.recursive)
     for folder in empty:

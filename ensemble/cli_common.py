@@ -7,8 +7,42 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from .fsutil import atomic_write
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The source checkout the stage scripts live in. Their default paths (data/, model/, final_model/, reports/) are
+resolved against it, so ``python path/to/train.py`` works from any folder."""
+
+
+def in_repo(relative: str) -> str:
+    """``relative`` (e.g. ``data/train.pkl``) inside :data:`REPO_ROOT`, as a string for argparse defaults."""
+    return str(REPO_ROOT / relative)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to an option's help once: not where the help already says its default, and not for
+    a default of None or a flag's False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """The argument parser of a stage script, with :class:`HelpFormatter`."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def note_replacing_shipped(out: str, folder: str) -> None:
+    """Say, before a long run starts, that writing to ``out`` replaces the committed model in ``folder``."""
+    if Path(out).resolve() == REPO_ROOT / folder and (REPO_ROOT / folder).is_dir():
+        print(f"note: this run replaces the shipped model in {folder}/ (committed to git); get it back with "
+              f"'git checkout -- model final_model', or use --out DIR to write elsewhere", file=sys.stderr,
+              flush=True)
 
 
 def positive_int(text: str) -> int:
@@ -67,7 +101,7 @@ def add_loading_args(p: argparse.ArgumentParser, out_default: str) -> None:
     from .imageio import ANALYSIS_SIDE
 
     p.add_argument("--layout", choices=LAYOUTS, default=None, help="dataset layout (default: detected)")
-    p.add_argument("--out", default=out_default, help="pickle to write")
+    p.add_argument("--out", default=in_repo(out_default), help="pickle to write")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of scenes held out for testing")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene split")
     p.add_argument("--side", type=positive_int, default=ANALYSIS_SIDE, help="analysis scale: shorter side in pixels")

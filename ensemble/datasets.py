@@ -767,7 +767,8 @@ def load_pickle(path: str | os.PathLike) -> LoadedData:
         with open(path, "rb") as f:
             payload = _RestrictedUnpickler(f).load()
     except FileNotFoundError:
-        raise DatasetError(f"dataset cache not found: {path}") from None
+        raise DatasetError(f"dataset cache not found: {path} (load_traindata.py and load_testdata.py write "
+                           "data/train.pkl and data/test.pkl)") from None
     except pickle.UnpicklingError as err:
         raise DatasetError(f"{path}: refused: {str(err).splitlines()[0] if str(err) else 'bad pickle'}") from None
     except OSError as err:

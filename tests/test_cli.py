@@ -206,19 +206,25 @@ def test_every_format_is_scored(photos):
 @needs_model
 def test_bad_inputs_become_error_records_and_the_rest_is_scored(photos):
     bad = photos["bad"]
-    proc = run_cli("scan", "--format", "jsonl", bad, bad / "missing.jpg")
+    proc = run_cli("scan", "--format", "jsonl", bad, bad / "dangling.jpg")  # named twice: scanned once
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     recs = by_name(records)
     assert recs["good.jpg"]["label"] in ("sharp", "blurry") and recs["good.jpg"]["error"] is None
-    for name, reason in {**BAD_REASONS, "missing.jpg": "not found"}.items():
+    for name, reason in BAD_REASONS.items():
         r = recs[name]
         assert r["label"] == "error" and reason in r["error"], r
         assert r["blur_probability"] is None and r["width"] is None
         assert "\n" not in r["error"]
         assert re.search(rf"^error: .*{re.escape(name)}: .*{reason}", proc.stderr, re.M), proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == len(BAD_REASONS) + 1  # one line per failed file, no more
+    assert len(proc.stderr.strip().splitlines()) == len(BAD_REASONS)  # one line per failed file, no more
+
+
+def test_a_path_that_does_not_exist_is_a_usage_error(tmp_path):
+    proc = run_cli("scan", tmp_path, tmp_path / "no" / "such.jpg")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"blur-detect scan: error: no such file or folder: {tmp_path}/no/such.jpg"
 
 
 @needs_model
