@@ -74,3 +74,29 @@ def classification_report(y: np.ndarray, prob: np.ndarray, pred: np.ndarray) -> 
         "ece": expected_calibration_error(y, np.clip(prob, 0, 1)),
         "confusion": [[tn, fp], [fn, tp]],
     }
+
+
+def scene_bootstrap_auc(y: np.ndarray, prob: np.ndarray, groups, resamples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> list[float] | None:
+    """Percentile interval of the ROC AUC when whole scenes (``groups``) are resampled with replacement.
+
+    Shots of one scene are not independent, so resampling photos would understate the spread. Returns
+    [low, high], or None when there are fewer than two scenes or the labels are not both present.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, prob = np.asarray(y, int), np.asarray(prob, float)
+    _, group_idx = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    members = [np.flatnonzero(group_idx == g) for g in range(group_idx.max() + 1)] if len(y) else []
+    if len(members) < 2 or len(np.unique(y)) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(resamples):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if len(np.unique(y[idx])) == 2:
+            aucs.append(roc_auc_score(y[idx], prob[idx]))
+    if not aucs:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))]

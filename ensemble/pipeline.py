@@ -18,12 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from . import datasets
-from .detector import CNN_DIR, META_DIR, BlurDetector
+from .detector import CNN_DIR, META_DIR, BlurDetector, default_model_root
 from .features import FEATURE_NAMES, feature_matrix
 from .focus import laplacian_variance
 from .fsutil import atomic_write
 from .imageio import ANALYSIS_SIDE
-from .metrics import best_threshold, classification_report
+from .metrics import best_threshold, classification_report, scene_bootstrap_auc
 from .patches import PATCH_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,27 @@ def _stats(start: float) -> dict:
     """Wall time (s) and peak resident memory (MB) of this process so far."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": round(time.time() - start, 1), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def portable_path(path: str | Path | None) -> str | None:
+    """``path`` as a model's files may record it, without the layout of the machine it was made on.
+
+    A relative path that does not climb out (``data/train.pkl``) is kept as given. Any other path is made
+    relative to the repository when it lies inside it or beside it (``../shared/datasets/blur-photos-640``);
+    elsewhere only its last part, the dataset's or file's name, is kept.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and ".." not in p.parts:
+        return p.as_posix()
+    full = Path(os.path.abspath(p))
+    for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
+        try:
+            return prefix + full.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return full.name
 
 
 def _versions() -> dict:
@@ -224,8 +245,9 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
         "threshold": threshold,
         "analysis_side": int(data.info.get("analysis_side", ANALYSIS_SIDE)),
         "feature_names": list(FEATURE_NAMES),
-        "data": {"train_pkl": str(train_pkl), "fingerprint": cnn_info["train_fingerprint"],
-                 "root": data.info.get("root"), "layout": data.info.get("layout"),
+        "data": {"train_pkl": portable_path(train_pkl), "fingerprint": cnn_info["train_fingerprint"],
+                 "root": portable_path(data.info.get("root")), "layout": data.info.get("layout"),
+                 "split": _split_key(data.info.get("split")),
                  "images": len(data), "blurry": int(np.sum(data.labels)),
                  "cnn_fit_images": cnn_info["images"]["cnn_fit"], "meta_images": int(len(data)),
                  "meta_validation_images": int(len(idx)), "validated_on_cnn_photos": not meta_scenes},
@@ -246,6 +268,36 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
             "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
 
 
+def _split_key(split: dict | None) -> dict | None:
+    """The part of a pickle's split record that names the split (the same on both sides)."""
+    return None if not split else {"test_fraction": split.get("test_fraction"), "seed": split.get("seed")}
+
+
+def _own_test_split(metadata: dict, info: dict) -> bool:
+    """Whether a test pickle (its ``info``) is the held-out side of the split the model was trained on."""
+    data = metadata.get("data", {})
+    if info.get("part") != "test" or info.get("layout") not in ("csv", "folders"):
+        return False
+    if info.get("layout") != data.get("layout") or portable_path(info.get("root")) != portable_path(data.get("root")):
+        return False
+    split = _split_key(info.get("split"))
+    return split is not None and data.get("split") in (None, split)  # None: a model from before splits were recorded
+
+
+def _record_test_metrics(model_root: Path, entry: dict) -> str | None:
+    """Write ``entry`` into model_root/final_model/metadata.json as ``test_metrics``, the figures that
+    ``GET /api/models`` serves. Returns None, or why it could not (a read-only install, say)."""
+    meta_file = model_root / META_DIR / "metadata.json"
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        if metadata.get("test_metrics") != entry:
+            metadata["test_metrics"] = entry
+            atomic_write(meta_file, json.dumps(metadata, indent=1))
+    except (OSError, ValueError) as err:
+        return f"{meta_file}: {' '.join(str(err).split())}"
+    return None
+
+
 def _round(report: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}
 
@@ -257,6 +309,11 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
 
     Thresholds come from training (metadata.json), never from the test data. Saves ROC, confusion-matrix and
     reliability PNGs per set in ``plots_dir`` and, with ``json_out``, the whole report as JSON.
+
+    When ``test_pkl`` is the held-out side of the very split the model was trained on (same dataset, layout, seed
+    and test fraction) and the model's own threshold is used, the ensemble's figures, with a 95 % scene-bootstrap
+    interval of its ROC AUC, are also written into the model's metadata.json as ``test_metrics``
+    (``report["recorded"]`` says where, ``report["not_recorded"]`` why not when writing failed).
     """
     from . import plots
 
@@ -296,6 +353,21 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
         plots.reliability_diagram(y, {"Ensemble": ens, "CNN": cnn}, plots_dir / f"reliability_{tag}.png",
                                   f"Reliability — {name}")
         report["sets"][name] = {k: _round(v) for k, v in columns.items()}
+    if threshold is None and "all" in groups and _own_test_split(detector.metadata, data.info):
+        scenes = [m["scene"] for m in data.meta]
+        interval = scene_bootstrap_auc(y_all, ens_all, scenes)
+        entry = {**report["sets"]["all"]["ensemble"], "scenes": len(set(scenes)),
+                 "roc_auc_interval_95": None if interval is None else [round(v, 4) for v in interval],
+                 "interval_method": "1,000 resamples of whole test scenes, percentile",
+                 "fingerprint": data.info.get("fingerprint"), "split": _split_key(data.info.get("split")),
+                 "recorded_by": "test.py"}
+        report["sets"]["all"]["ensemble"]["roc_auc_interval_95"] = entry["roc_auc_interval_95"]
+        root = Path(model_root) if model_root is not None else default_model_root()
+        failed = _record_test_metrics(root, entry)
+        if failed:
+            report["not_recorded"] = failed
+        else:
+            report["recorded"] = str(root / META_DIR / "metadata.json")
     report.update(_stats(start))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +391,13 @@ def format_report(report: dict) -> str:
                          + " |")
         conf = [cols[c]["confusion"] for c in ("laplacian", "cnn", "ensemble")]
         lines.append("| confusion [[TN FP] [FN TP]] | " + " | ".join(f"{c}" for c in conf) + " |")
+        interval = cols["ensemble"].get("roc_auc_interval_95")
+        if interval:
+            lines += ["", f"Ensemble ROC AUC, 95 % scene-bootstrap interval: {interval[0]:.4f}–{interval[1]:.4f}"]
         lines.append("")
+    if report.get("recorded"):
+        lines.append(f"test figures recorded in {report['recorded']} (test_metrics)")
+    elif report.get("not_recorded"):
+        lines.append(f"warning: test figures not recorded: {report['not_recorded']}")
     return "\n".join(lines)
 

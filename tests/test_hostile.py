@@ -249,32 +249,20 @@ def test_a_fifo_given_as_a_journal_is_refused_at_once(tmp_path):
 
 def test_a_fifo_planted_in_the_review_state_does_not_jam_apply_and_undo(tmp_path):
     pytest.importorskip("fastapi")
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
     from ensemble.review.paths import STATE_FILE
-    from ensemble.review.service import ReviewService
 
-    from test_review import NameDetector
+    from test_review import review
 
     root = tmp_path / "root"
     (root / "_blurry").mkdir(parents=True)
     fifo = root / "_blurry" / ".blur-detect-journal-fifo.jsonl"
     os.mkfifo(fifo)
     (root / STATE_FILE).write_text(json.dumps({"journals": ["_blurry/" + fifo.name]}))
-    detector = NameDetector()
-    service = ReviewService(root, lambda: detector)
-    app = FastAPI()
-    app.include_router(service.router)
-    service.start()
-    try:
-        with TestClient(app) as client:
-            r = client.post("/api/review/undo")
-            assert r.status_code == 200 and "not a regular file" in r.json()["error"], r.text
-            assert r.json()["settled"]
-            assert client.post("/api/review/undo").status_code == 409  # nothing left to undo, not jammed
-    finally:
-        assert service.stop(10.0)
+    with review(root) as (service, client):
+        r = client.post("/api/review/undo")
+        assert r.status_code == 200 and "not a regular file" in r.json()["error"], r.text
+        assert r.json()["settled"]
+        assert client.post("/api/review/undo").status_code == 409  # nothing left to undo, not jammed
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -397,30 +385,20 @@ def test_flat_is_decided_by_one_rule_shared_with_the_cameras():
 @needs_model
 def test_flat_photos_are_left_alone_by_the_review_page(flat_folder, tmp_path):
     pytest.importorskip("fastapi")
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
     from ensemble.detector import BlurDetector
-    from ensemble.review.service import ReviewService
+
+    from test_review import review
 
     root = tmp_path / "root"
     shutil.copytree(flat_folder, root)
-    detector = BlurDetector.load(threads=1)
-    service = ReviewService(root, lambda: detector)
-    app = FastAPI()
-    app.include_router(service.router)
-    service.start()
-    try:
-        with TestClient(app) as client:
-            assert service.wait_idle(120)
-            items = {i["path"]: i for i in client.get("/api/review/results").json()["items"]}
-            assert sorted(k for k, i in items.items() if i["flat"]) == FLAT
-            plan = client.get("/api/review/plan", params={"threshold": 0.0}).json()
-            assert [i["path"] for i in plan["items"]] == ["photo.jpg"]
-            applied = client.post("/api/review/apply", json={"threshold": 0.0, "paths": FLAT + ["photo.jpg"]})
-            assert [d["from"] for d in applied.json()["done"]] == ["photo.jpg"], applied.text
-    finally:
-        assert service.stop(10.0)
+    with review(root, BlurDetector.load(threads=1)) as (service, client):
+        assert service.wait_idle(120)
+        items = {i["path"]: i for i in client.get("/api/review/results").json()["items"]}
+        assert sorted(k for k, i in items.items() if i["flat"]) == FLAT
+        plan = client.get("/api/review/plan", params={"threshold": 0.0}).json()
+        assert [i["path"] for i in plan["items"]] == ["photo.jpg"]
+        applied = client.post("/api/review/apply", json={"threshold": 0.0, "paths": FLAT + ["photo.jpg"]})
+        assert [d["from"] for d in applied.json()["done"]] == ["photo.jpg"], applied.text
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith((".", "_"))) == FLAT
 
 

@@ -27,8 +27,11 @@ def trained(tmp_path_factory):
     data = make_csv_dataset(tmp / "photos", 40, size=(300, 400))
     stage("load_traindata.py", "--data", str(data), "--out", "data/train.pkl", "--test-fraction", "0.25", cwd=tmp)
     stage("load_testdata.py", "--data", str(data), "--out", "data/test.pkl", "--test-fraction", "0.25", cwd=tmp)
-    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5", "--out", "model", cwd=tmp)
-    stage("train.py", "--folds", "2", "--max-epochs", "5", "--patience", "2", cwd=tmp)
+    # Every path is given: the stages' defaults point into the repository, whose model they must never replace.
+    stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
+          "--out", "model", cwd=tmp)
+    stage("train.py", "--train", "data/train.pkl", "--model", "model", "--out", "final_model", "--folds", "2",
+          "--max-epochs", "5", "--patience", "2", cwd=tmp)
     return tmp
 
 
@@ -61,10 +64,10 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
     """With --meta-fraction, the CNN never sees the held scenes, and train.py validates on those photos only."""
     import pickle
 
-    stage("CNN.py", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5", "--meta-fraction", "0.4",
-          "--out", "model_held", cwd=trained)
-    stage("train.py", "--model", "model_held", "--out", "final_held", "--folds", "2", "--max-epochs", "3",
-          "--patience", "2", "--members", "1", cwd=trained)
+    stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
+          "--meta-fraction", "0.4", "--out", "model_held", cwd=trained)
+    stage("train.py", "--train", "data/train.pkl", "--model", "model_held", "--out", "final_held", "--folds", "2",
+          "--max-epochs", "3", "--patience", "2", "--members", "1", cwd=trained)
     with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written by the pipeline
         scenes = [m["scene"] for m in pickle.load(fh)["meta"]]
     cnn = json.loads((trained / "model_held/cnn.json").read_text())
@@ -79,7 +82,7 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
 
 
 def test_evaluation_table_json_and_plots(trained):
-    out = stage("test.py", "--models", ".", "--json", "reports/report.json", "--plots", "reports", cwd=trained)
+    out = stage("test.py", "--test", "data/test.pkl", "--models", ".", "--json", "reports/report.json", "--plots", "reports", cwd=trained)
     for row in ("accuracy", "balanced accuracy", "precision (blurry)", "recall (blurry)", "ROC AUC", "ECE",
                 "confusion"):
         assert row in out
@@ -95,7 +98,7 @@ def test_evaluation_table_json_and_plots(trained):
 def test_certh_evaluation_reports_each_set(trained):
     certh = make_fake_certh(trained / "certh", n_per_set=6)
     stage("load_testdata.py", "--certh", str(certh), "--out", "data/certh.pkl", cwd=trained)
-    stage("test.py", "--test", "data/certh.pkl", "--json", "reports/certh.json", "--plots", "reports/certh",
+    stage("test.py", "--test", "data/certh.pkl", "--models", ".", "--json", "reports/certh.json", "--plots", "reports/certh",
           cwd=trained)
     report = json.loads((trained / "reports/certh.json").read_text())
     assert set(report["sets"]) == {"NaturalBlurSet", "DigitalBlurSet"}
@@ -147,7 +150,8 @@ def test_bad_numbers_are_usage_errors(tmp_path, script, option, value):
 
 def test_meta_fraction_out_of_range_is_a_one_line_error(trained):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "CNN.py"), "--meta-fraction", "1", "--out", "model_bad"],
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "CNN.py"), "--train", "data/train.pkl",
+                           "--meta-fraction", "1", "--out", "model_bad"],
                           cwd=trained, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: meta_fraction must be at least 0 and below 1, got 1.0" in proc.stderr.splitlines()

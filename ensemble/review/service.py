@@ -31,15 +31,16 @@ import secrets
 import threading
 from pathlib import Path
 from typing import Callable, Literal, Optional
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from ..imageio import ImageError
+from ..server.auth import same_origin  # the server's one cross-site check, so this router is safe on its own too
 from . import actions
 from .decisions import UNCERTAIN_BAND, rejected, verdict
+from .lock import RootInUse, RootLock
 from .paths import CACHE_DIR, DEST_DIR, MAX_KEY, STATE_FILE, BadPath, client_path
 from .pictures import Picture, Pictures
 from .results import Entry, Results, order_key
@@ -64,16 +65,6 @@ PAGE_HEADERS = {
 DEFAULT_THRESHOLD = 0.5  # until the scan has the model's own
 
 
-def same_origin(request: Request) -> None:
-    """Refuse a state-changing request sent by another site (the browser would attach the auth cookie to it)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise HTTPException(403, "cross-site request refused")
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(403, "cross-origin request refused")
-
-
 class OverrideBody(BaseModel):
     path: str = Field(min_length=1, max_length=MAX_KEY, description="photo path below the folder")
     decision: Optional[Literal["keep", "reject"]] = Field(None, description="null clears the override")
@@ -94,6 +85,10 @@ class ReviewService:
     ``get_detector()`` returns the :class:`~ensemble.detector.BlurDetector` to use; it is called for every batch,
     so a model switched in the server is picked up. ``workers`` scoring threads (0: one per core). Call
     :meth:`start` once the server runs and :meth:`stop` when it shuts down.
+
+    The service holds the root's lock (:mod:`ensemble.review.lock`) from its creation to :meth:`stop`, so a second
+    service on the same folder, in this process or another, raises :class:`RootInUse` instead of overwriting the
+    first one's decisions.
     """
 
     def __init__(self, root: str | Path, get_detector: Callable[[], object], *, workers: int = 0,
@@ -102,11 +97,17 @@ class ReviewService:
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
         self.root = root
-        self.cache_dir = root / CACHE_DIR
-        self.results = Results(self.cache_dir)
-        self.state = ReviewState(root)
-        self.pictures = Pictures(self.cache_dir)
-        self.scanner = Scanner(root, self.results, get_detector, workers, batch)
+        self._lock = RootLock(root)
+        self._lock.acquire()  # before the state is read: another server may be about to rewrite it
+        try:
+            self.cache_dir = root / CACHE_DIR
+            self.results = Results(self.cache_dir)
+            self.state = ReviewState(root)
+            self.pictures = Pictures(self.cache_dir)
+            self.scanner = Scanner(root, self.results, get_detector, workers, batch)
+        except BaseException:
+            self._lock.release()
+            raise
         self.epoch = secrets.token_hex(6)  # changes on restart, telling the page to drop what it holds
         self._busy = threading.Lock()  # one apply or undo at a time
         self._work: Optional[dict] = None  # the running apply's or undo's progress, for status()
@@ -114,12 +115,16 @@ class ReviewService:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin the background scan; returns at once."""
+        """Begin the background scan; returns at once. Takes the root's lock again after a :meth:`stop`."""
+        self._lock.acquire()
         self.scanner.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the scan promptly; True when its thread has ended."""
-        return self.scanner.stop(timeout)
+        """Stop the scan promptly; True when its thread has ended, and then the root's lock is released."""
+        stopped = self.scanner.stop(timeout)
+        if stopped:  # a scan thread still running may still write the cache: keep the folder ours until exit
+            self._lock.release()
+        return stopped
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every photo is scored (for tests and benchmarks); True if it happened in time."""
@@ -341,4 +346,4 @@ class ReviewService:
         return router
 
 
-__all__ = ["ReviewService", "STATE_FILE", "same_origin"]
+__all__ = ["ReviewService", "RootInUse", "STATE_FILE", "same_origin"]

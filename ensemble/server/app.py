@@ -15,8 +15,10 @@ Routes (every ``/api`` route needs the token when there is one; see :mod:`ensemb
     GET    /healthz                      liveness, and the model being served
     GET    /                             a page pointing to /docs, or the review page with --root
 
-Errors are JSON ``{"detail": "one line"}``: 401 no token, 404 unknown, 409 conflict, 413 too large, 415 not an image,
-422 malformed request, 500 a bug (logged on the server in one line, never a traceback to the client).
+Errors are JSON ``{"detail": "one line"}``: 401 no token, 403 a state-changing request from another site (any
+method but GET/HEAD/OPTIONS; see :func:`ensemble.server.auth.cross_site`), 404 unknown, 408 a request body that
+stopped coming (:mod:`ensemble.server.timeouts`), 409 conflict, 413 too large, 415 not an image, 422 malformed
+request, 500 a bug (logged on the server in one line, never a traceback to the client).
 Scoring runs on worker threads (``scoring_threads`` at once) with one shared detector whose ONNX sessions are
 single-threaded, as in ``blur-detect scan``; TensorFlow is never imported in the server process.
 """
@@ -46,6 +48,7 @@ from .auth import AuthMiddleware, check_token, is_loopback
 from .errors import ServiceError
 from .jobs import JobManager
 from .models import NAME_PATTERN, ModelError, ModelRegistry
+from .timeouts import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MIN_UPLOAD_RATE, BodyTimeout
 from .uploads import receive_uploads
 
 log = logging.getLogger("ensemble.server")
@@ -78,7 +81,9 @@ class ServerSettings:
     review page shows (None: no review page). ``data_roots``: the folders training data must lie in.
     ``max_upload_bytes``: per file; ``max_files``: per request. ``scoring_threads``: images scored at once
     (0: one per core). ``trusted_hosts``: Host header names accepted (None: any). ``shipped_model``: folder of the
-    shipped model (None: the default one).
+    shipped model (None: the default one). ``header_timeout``: seconds a request's line and headers may take in
+    all; ``body_timeout``: seconds of waiting for more of a body; ``min_upload_rate``: bytes/s a body must average
+    (see :mod:`ensemble.server.timeouts`; the header timer needs the server, ``blur-detect serve``, not the app).
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +98,9 @@ class ServerSettings:
     scoring_threads: int = 0
     trusted_hosts: Optional[tuple[str, ...]] = None
     shipped_model: Optional[Path] = None
+    header_timeout: float = HEADER_TIMEOUT_S
+    body_timeout: float = BODY_TIMEOUT_S
+    min_upload_rate: float = MIN_UPLOAD_RATE
 
     @property
     def auth_required(self) -> bool:
@@ -134,8 +142,8 @@ class Record(BaseModel):
     """One image's verdict: the fields of a ``blur-detect scan`` record."""
 
     path: str = Field(description="the uploaded file's name (directory parts and control characters removed)")
-    label: Literal["sharp", "blurry", "error"]
-    blur_probability: Optional[float] = Field(description="calibrated P(blurry), 0-1; null on error")
+    label: Literal["sharp", "blurry", "flat", "error"]
+    blur_probability: Optional[float] = Field(description="calibrated P(blurry), 0-1; null on error or when flat")
     laplacian_var: Optional[float] = Field(description="variance of the Laplacian at the analysis scale")
     width: Optional[int] = Field(description="original width in pixels")
     height: Optional[int] = Field(description="original height in pixels")
@@ -211,9 +219,9 @@ class Health(BaseModel):
 
 
 def _errors(*codes: int) -> dict:
-    text = {401: "token missing or wrong", 403: "data path outside the allowed roots", 404: "not found",
-            409: "conflict", 413: "too large", 415: "not an image", 422: "malformed request",
-            503: "busy or not ready"}
+    text = {401: "token missing or wrong", 403: "a cross-site request, or a data path outside the allowed roots",
+            404: "not found", 408: "the request body stopped coming", 409: "conflict", 413: "too large",
+            415: "not an image", 422: "malformed request", 503: "busy or not ready"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
 
@@ -289,7 +297,7 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
 
     # -- prediction ---------------------------------------------------------------------------------------------
     @api.post("/predict", response_model=list[Record], tags=["predict"], openapi_extra=PREDICT_BODY,
-              responses=_errors(413, 415, 422),
+              responses=_errors(403, 408, 413, 415, 422),
               summary="Score uploaded images for blur",
               description=f"Multipart upload of one or more images in the field `files` (at most {settings.max_files}"
                           f" files, {settings.max_upload_bytes / MB:g} MB each). Returns one record per file, in "
@@ -334,7 +342,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
     def get_model(name: str = name_param) -> dict:
         return describe(registry.entry(name))
 
-    @api.post("/models/{name}/activate", response_model=ModelInfo, tags=["models"], responses=_errors(404, 422),
+    @api.post("/models/{name}/activate", response_model=ModelInfo, tags=["models"],
+              responses=_errors(403, 404, 422),
               summary="Serve predictions with this model",
               description="Loads and checks the model, then switches to it in every server process. Requests in "
                           "flight finish on the model they started with.")
@@ -343,7 +352,7 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
 
     # -- training -----------------------------------------------------------------------------------------------
     @api.post("/models/train", response_model=JobInfo, status_code=202, tags=["training"],
-              responses=_errors(403, 409, 422, 503),
+              responses=_errors(403, 408, 409, 422, 503),
               summary="Start a training run",
               description="Trains the CNN and the meta-network on a dataset on the server's disk, in a background "
                           "process. One run at a time (409 while one is running). Follow it at /api/jobs/{id}; "
@@ -364,7 +373,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
     def get_job(job_id: str = job_param, lines: int = Query(40, ge=0, le=1000, description="log lines")) -> dict:
         return jobs.get(job_id, lines)
 
-    @api.delete("/jobs/{job_id}", response_model=JobInfo, tags=["training"], responses=_errors(404, 409, 503),
+    @api.delete("/jobs/{job_id}", response_model=JobInfo, tags=["training"],
+                responses=_errors(403, 404, 409, 503),
                 summary="Cancel a training run", description="Returns once the run has stopped.")
     def cancel_job(job_id: str = job_param) -> dict:
         return jobs.cancel(job_id)
@@ -388,6 +398,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
             return INDEX
 
     _add_error_handlers(app)
+    # Inside _CatchAll: a body that stopped coming is a 408 of its own, not an internal error.
+    app.add_middleware(BodyTimeout, idle_s=settings.body_timeout, min_rate=settings.min_upload_rate)
     app.add_middleware(_CatchAll)
     app.add_middleware(AuthMiddleware, token=settings.token, trusted_hosts=settings.trusted_hosts)
     return app

@@ -2,9 +2,10 @@
 
     blur-detect serve [--host 127.0.0.1] [--port 8000] [--workers N] [--token T] [--models-dir DIR]
                       [--root DIR] [--data-root DIR]... [--max-upload-mb 50] [--max-files 32] [--log-level info]
+                      [--header-timeout 10] [--body-timeout 30] [--min-upload-rate 1]
 
 Exit status: 0 after a clean shutdown (Ctrl-C), 1 when the server cannot start (port in use, model missing, folder
-not writable: one ``error:`` line, never a traceback), 2 usage error.
+not writable, ``--root`` already served by another server: one ``error:`` line, never a traceback), 2 usage error.
 
 Everything heavy (FastAPI, uvicorn, ONNX Runtime) is imported inside :func:`run`, so ``blur-detect --help`` stays
 instant.
@@ -16,6 +17,10 @@ import os
 import sys
 
 from ..cli_common import positive_float, positive_int
+
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MIN_UPLOAD_RATE = 10.0, 30.0, 1024.0
+"""Defaults of the read timeouts (:mod:`ensemble.server.timeouts`): seconds, seconds, bytes/s. Kept here, free of
+uvicorn, so that ``--help`` stays instant."""
 
 TOKEN_ENV = "BLUR_DETECT_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -54,6 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest file accepted by /api/predict, in MB (default: 50)")
     p.add_argument("--max-files", type=positive_int, default=32, metavar="N",
                    help="most files in one /api/predict request (default: 32)")
+    p.add_argument("--header-timeout", type=positive_float, default=HEADER_TIMEOUT_S, metavar="S",
+                   help="seconds a client has to send a request's line and headers, in all (default: "
+                        f"{HEADER_TIMEOUT_S:g}); a slower one is answered 408 and disconnected")
+    p.add_argument("--body-timeout", type=positive_float, default=BODY_TIMEOUT_S, metavar="S",
+                   help="longest wait for more of a request body, such as an upload, in seconds (default: "
+                        f"{BODY_TIMEOUT_S:g}); a body that stops coming is answered 408 and its files dropped")
+    p.add_argument("--min-upload-rate", type=positive_float, default=MIN_UPLOAD_RATE / 1024, metavar="KB",
+                   help="slowest average a request body may arrive at, in KB/s, once the first --body-timeout "
+                        f"seconds are spent (default: {MIN_UPLOAD_RATE / 1024:g}); a slower one is answered 408")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="server log detail (default: info)")
 
 
@@ -105,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
              f"not {workers}")
         workers = 1
 
+    from ..review.lock import RootInUse
     from .app import SETTINGS_ENV, ServerSettings, create_app
     from .models import ModelError
 
@@ -113,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         extra["models_dir"] = Path(args.models_dir).expanduser().resolve()
     settings = ServerSettings(host=args.host, port=args.port, workers=workers, token=token, root=root,
                               max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
-                              trusted_hosts=loopback_hosts(args.host) if loopback else None, **extra)
+                              trusted_hosts=loopback_hosts(args.host) if loopback else None,
+                              header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                              min_upload_rate=args.min_upload_rate * 1024, **extra)
     try:
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         probe = settings.models_dir / f".write-test-{os.getpid()}"
@@ -127,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         model = app.state.registry.current()[0]  # a missing or broken model fails here, in one line
     except ModelError as err:
         _err(f"error: cannot load the model: {err}")
+        return 1
+    except RootInUse as err:  # before listening: the first server keeps the port and the folder
+        _err(f"error: --root: {err}")
         return 1
     except Exception as err:  # noqa: BLE001 - e.g. the review page cannot start: one line, never a traceback
         from ..scan import one_line
@@ -175,11 +195,19 @@ def _listen(host: str, port: int):
 
 
 def _serve(app, settings, sock, port: int, log_level: str, settings_env: str) -> int:
+    import functools
+
     import uvicorn
 
+    from .timeouts import TimedH11Protocol
+
     logging_config = _logging_config(log_level)
+    # h11 (what uvicorn's "auto" is without httptools, which the serve extra does not install) with the header and
+    # unread-body timers; the body the app reads is timed by the app's BodyTimeout middleware.
+    http = functools.partial(TimedH11Protocol, header_timeout=settings.header_timeout,
+                             body_timeout=settings.body_timeout, min_rate=settings.min_upload_rate)
     common = dict(host=settings.host, port=port, log_config=logging_config, log_level=log_level,
-                  timeout_graceful_shutdown=30, server_header=False)
+                  timeout_graceful_shutdown=30, server_header=False, http=http)
     if settings.workers == 1:
         server = uvicorn.Server(uvicorn.Config(app, **common))
         try:

@@ -66,10 +66,18 @@ class ModelEntry:
         return {
             "name": self.name, "active": active, "shipped": self.shipped, "created": m.get("created"),
             "threshold": m.get("threshold"), "job": m.get("job"),
-            "data": {"layout": data.get("layout"), "source": data.get("root"), **counts},
+            "data": {"layout": data.get("layout"), "source": _source(data.get("root")), **counts},
             "hyperparameters": hyper, "epochs_run": {"cnn": cnn.get("epochs_run"), "meta": meta.get("epochs")},
             "metrics": metrics, "error": self.error,
         }
+
+
+def _source(root) -> Optional[str]:
+    """The training data as served: a relative path as recorded, an absolute one (models trained before paths
+    were recorded relative) cut to its last part, the dataset's name, so no path of the training machine shows."""
+    if not isinstance(root, str) or not root:
+        return None
+    return Path(root).name if os.path.isabs(root) or root.startswith("~") else root
 
 
 def valid_name(name: str) -> bool:
