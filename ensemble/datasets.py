@@ -510,7 +510,7 @@ def _decode(item: Item, side: int | None) -> tuple[np.ndarray | None, int, int, 
     try:
         dec = load_image(item.path, mode="L", side=side)
     except ImageError as err:
-        return None, 0, 0, f"{item.path}: {err}"
+        return None, 0, 0, f"{item.path}: {err.reason}"
     except Exception as err:  # never let one file stop a run
         reason = (str(err).splitlines() or [""])[0]
         return None, 0, 0, f"{item.path}: unexpected error: {type(err).__name__}: {reason}"

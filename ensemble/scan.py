@@ -48,6 +48,16 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+WORKERS_PER_CORE = 4
+"""At most this many scan workers per core: more only add threads, memory and contention (decoding and scoring
+are CPU-bound; a little over one per core hides file reads)."""
+
+
+def max_workers() -> int:
+    """The most workers a scan runs: :data:`WORKERS_PER_CORE` × the cores."""
+    return WORKERS_PER_CORE * default_workers()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Listing
 
@@ -121,8 +131,8 @@ def score_one(detector: "BlurDetector", path: str, with_map: bool = False) -> Sc
     """Decode and score one file; any failure becomes a one-line reason instead of an exception."""
     try:
         result = detector.predict_decoded([detector.decode(path)], with_map)[0]
-    except ImageError as err:
-        return Scanned(path, None, one_line(err))
+    except ImageError as err:  # the record names the file: its error is the reason alone
+        return Scanned(path, None, one_line(err.reason))
     except MemoryError:
         return Scanned(path, None, "out of memory while decoding")
     except Exception as err:  # noqa: BLE001 - a bad file must never stop a 10,000-image scan
@@ -222,7 +232,8 @@ def save_blur_map(path: str, result: "BlurResult", out_png: str | os.PathLike, s
         picture = overlay_blur_map(rgb, result.blur_map, result.grid_origin, result.patch_size)
     else:
         picture = rgb.copy()
-    text = f"blur {100 * result.blur_probability:.0f}% ({result.label})"
+    text = (f"flat: {result.flat}" if result.blur_probability is None
+            else f"blur {100 * result.blur_probability:.0f}% ({result.label})")
     scale = max(0.5, min(picture.shape[:2]) / 640)
     thick = max(1, round(2 * scale))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)

@@ -88,3 +88,14 @@ def test_the_local_camera_example_works_as_documented(tmp_path):
 def test_an_unknown_option_keeps_each_commands_usage_status():
     assert run(["-m", "ensemble", "cameras", "x.yaml", "--bogus"]).returncode == 3  # Nagios UNKNOWN
     assert run(["-m", "ensemble", "scan", "x", "--bogus"]).returncode == 2
+
+
+def test_image_errors_name_the_file_and_keep_the_reason_apart(tmp_path):
+    from ensemble import ImageError, load_image
+
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        load_image(empty)
+    assert str(info.value) == f"{empty}: empty file (0 bytes)"
+    assert info.value.reason == "empty file (0 bytes)" and info.value.path == str(empty)

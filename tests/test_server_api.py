@@ -416,6 +416,21 @@ def wait_for_url(proc, timeout=60.0) -> str:
     raise AssertionError("server did not start")
 
 
+def wait_healthy(url: str) -> None:
+    """Until the server answers /healthz (it prints its URL before its workers, or uvicorn, are ready)."""
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
+
+
 def test_port_in_use_is_one_line_and_exit_1(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -440,6 +455,10 @@ def test_unencodable_host_name_is_one_line_and_exit_1(tmp_path):
     (["--workers", "0"], "must be at least 1"),
     (["--max-upload-mb", "inf"], "must be a finite number above 0"),
     (["--data-root", "/no/such/folder"], "is not a folder"),
+    (["--header-timeout", "0"], "must be a finite number above 0"),
+    (["--body-timeout", "nan"], "must be a finite number above 0"),
+    (["--min-upload-rate", "-1"], "must be a finite number above 0"),
+    (["--body-timeout", "soon"], "is not a number"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path, args, words):
     proc = serve(*args, "--models-dir", str(tmp_path))
@@ -463,15 +482,7 @@ def test_live_server_with_two_workers_serves_and_stops_cleanly(tmp_path, photos)
     try:
         url = wait_for_url(proc)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        deadline = time.monotonic() + 60
-        while True:  # the workers finish loading after the supervisor prints the URL
-            try:
-                if httpx.get(url + "healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "workers did not come up"
-            time.sleep(0.2)
+        wait_healthy(url)  # the workers finish loading after the supervisor prints the URL
         for _ in range(4):
             r = httpx.post(url + "api/predict", files=[("files", ("a.jpg", photos["blurry"], "image/jpeg"))],
                            headers=headers, timeout=30)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from ..focus import FOCUS_FEATURE_NAMES, focus_features
+from ..focus import FOCUS_FEATURE_NAMES, MIN_DETAIL_SIDE, UNIFORM_STD, detail_spread, focus_features
 from ..imageio import Decoded, ImageError, load_image, resize_to_analysis, to_gray
 from ..scan import default_workers, one_line
 from .config import Camera, scrub
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 BLACK_LEVEL = 24
 """A frame whose 99th-percentile grey level is at most this (of 255) is black: lens cap, dead sensor, no light."""
 
-UNIFORM_STD = 2.5
-"""A frame whose standard deviation, after area-averaging 8 × 8 pixel blocks (which removes sensor noise), is below
-this (grey levels) is uniform: a covered or fogged-up lens, a flat test card, a blank or single-colour picture."""
 
 MAX_CHECK_THREADS = 256
 """At most this many cameras are checked at the same time; the rest of a very large list waits for a thread."""
@@ -125,7 +122,7 @@ class Check:
             "previous": self.previous,
             "since": self.since,
             "reason": self.reason,
-            "blur_probability": None if r is None else round(r.blur_probability, 4),
+            "blur_probability": None if r is None or r.blur_probability is None else round(r.blur_probability, 4),
             "focus": None if self.focus is None else round(self.focus, 4),
             "baseline": None if self.baseline is None else round(self.baseline, 4),
             "change": None if change is None else round(change, 4),
@@ -181,15 +178,13 @@ def focus_score(grey: np.ndarray) -> float:
 
 def frame_problem(grey: np.ndarray) -> Optional[str]:
     """Why a grey frame is not worth judging (black or uniform), or None."""
-    import cv2
-
     p99 = float(np.percentile(grey, 99))
     if p99 <= BLACK_LEVEL:
         return f"black frame (99% of pixels at grey level {p99:.0f} of 255 or darker)"
-    h, w = grey.shape
-    small = cv2.resize(grey, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
-    spread = float(small.std())
-    if spread < UNIFORM_STD:
+    if min(grey.shape) < MIN_DETAIL_SIDE:
+        return f"frame too small to judge ({grey.shape[1]}x{grey.shape[0]} pixels)"
+    spread = detail_spread(grey)
+    if spread < UNIFORM_STD:  # the rule that makes a scanned photo 'flat' (ensemble.focus.no_detail)
         return f"uniform frame (contrast {spread:.1f} grey levels): covered, fogged, or a flat picture"
     return None
 
@@ -241,8 +236,8 @@ def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optiona
     for frame in frames:
         try:
             decoded.append((decode_frame(frame, detector.analysis_side), frame))
-        except ImageError as err:
-            reasons.append(_not_an_image(frame, one_line(err)))
+        except ImageError as err:  # the reason only: the path is a private temporary file
+            reasons.append(_not_an_image(frame, one_line(err.reason)))
     if not decoded:
         return None, 0, reasons[0] if reasons else "no frame"
     greys = [to_gray(d.pixels) for d, _ in decoded]
@@ -251,9 +246,14 @@ def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optiona
     scored = [_Scored(d, g, r, focus_score(g), frame_problem(g), f)
               for g, (d, f), r in zip(greys, decoded, results)]
     usable = [s for s in scored if s.problem is None] or scored
-    best = min(usable, key=lambda s: (round(s.result.blur_probability, 3), -s.focus))
+    # A flat frame has no probability (and a problem): it sorts last.
+    best = min(usable, key=lambda s: (round(_probability(s.result), 3), -s.focus))
     best.hash = frame_hash(best.grey)
     return best, len(decoded), None
+
+
+def _probability(result: "BlurResult") -> float:
+    return 1.0 if result.blur_probability is None else result.blur_probability
 
 
 def _not_an_image(frame: Frame, reason: str) -> str:
@@ -367,6 +367,8 @@ class Monitor:
                 need = self.settings.min_baseline
                 reason = new.reason = ("baseline learnt" if have >= need else
                                        f"learning the baseline ({have} of {need} checks)")
+                if have >= need:  # shown from this check on, as the reason says
+                    baseline = new.baseline(self.settings.baseline_size, self.settings.min_baseline)
         state, reason = self._debounce(camera, old, new, state, reason)
         if old.state != state:
             new.state, new.since = state, checked_at
@@ -430,7 +432,7 @@ class Monitor:
             best, n_frames, why = score_frames(grabbed.frames, self.detector)
         if best is None:
             return "UNREACHABLE", why, None, 0, grabbed.position
-        problem = best.problem
+        problem = best.problem or best.result.flat  # the same rules: a flat frame is INVALID
         if problem is None and old.frame_hash is not None and best.hash == old.frame_hash:
             problem = "frozen: the picture is identical to the previous check's"
         threshold = camera.threshold if camera.threshold is not None else self.settings.threshold

@@ -202,8 +202,8 @@ class ReviewService:
     def _draw(make: Callable[[Entry, Path], Picture], entry: Entry, file: Path) -> Picture:
         try:
             return make(entry, file)
-        except ImageError as err:
-            raise HTTPException(422, str(err)) from None
+        except ImageError as err:  # the reason only: the client never sees the server's paths
+            raise HTTPException(422, err.reason) from None
         except MemoryError:
             raise HTTPException(422, "out of memory while decoding") from None
         except OSError as err:
