@@ -53,7 +53,7 @@ def _table(round_: Round) -> str:
             "-" if r["blur_probability"] is None else f"{100 * r['blur_probability']:.1f}%",
             "-" if r["focus"] is None else f"{r['focus']:.3g}",
             "-" if r["baseline"] is None else f"{r['baseline']:.3g}",
-            "-" if r["change"] is None else f"{100 * r['change']:+.0f}%",
+            "-" if r["change"] is None else f"{round(100 * r['change']) or 0:+d}%",  # never "-0%"
             r["reason"] or "",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
