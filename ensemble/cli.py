@@ -97,19 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_STDOUT_CLOSED = False  # set once by main(): the process started with standard output closed (`>&-`)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """Run ``blur-detect`` with ``argv`` (default: the process arguments); returns the exit status."""
-    global _STDOUT_CLOSED
-    _STDOUT_CLOSED = sys.stdout is None
+    stdout_closed = sys.stdout is None  # started with `>&-`: _robust_streams() puts devnull there
     _robust_streams()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         # Reported by the command's own parser, so that each keeps its exit status for usage errors (cameras: 3).
         (getattr(args, "_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    args._stdout_closed = stdout_closed
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -135,11 +132,12 @@ def _silence_stdout() -> None:
         pass
 
 
-def _stdout_closed(what: str) -> bool:
+def _stdout_closed(args: argparse.Namespace, what: str) -> bool:
     """Say so (one line) when standard output was closed at start, so ``what`` would go nowhere."""
-    if _STDOUT_CLOSED:
+    closed = getattr(args, "_stdout_closed", False)
+    if closed:
         _err(f"error: standard output is closed: {what} would go nowhere")
-    return _STDOUT_CLOSED
+    return closed
 
 
 def _robust_streams() -> None:
@@ -349,7 +347,8 @@ class _Progress:
 def run_scan(args: argparse.Namespace) -> int:
     from contextlib import closing
 
-    from .scan import default_workers, expand_paths, map_names, max_workers, save_blur_map, scan_paths
+    from .scan import (WORKERS_PER_CORE, default_workers, expand_paths, map_names, max_workers, save_blur_map,
+                       scan_paths)
 
     parser: argparse.ArgumentParser = args._parser
     for option, value in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
@@ -363,11 +362,12 @@ def run_scan(args: argparse.Namespace) -> int:
                            ("--save-maps", args.save_maps)):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             parser.error(f"{option}: {folder} exists and is not a folder")
-    if not args.output and _stdout_closed("the report (give --output FILE)"):
+    if not args.output and _stdout_closed(args, "the report (give --output FILE)"):
         return EXIT_FAILED
     workers = args.workers or default_workers()
     if workers > max_workers():
-        _err(f"note: --workers {workers} is more than {max_workers()} ({_per_core()} per core): using {max_workers()}")
+        _err(f"note: --workers {workers} is more than {max_workers()} ({WORKERS_PER_CORE} per core): "
+             f"using {max_workers()}")
         workers = max_workers()
     if args.output:
         if os.path.isdir(args.output):
@@ -486,12 +486,6 @@ def _report_failed(output: Optional[str], err: OSError) -> int:
     return EXIT_FAILED
 
 
-def _per_core() -> int:
-    from .scan import WORKERS_PER_CORE
-
-    return WORKERS_PER_CORE
-
-
 def _has_subfolders(folder: str) -> bool:
     try:
         with os.scandir(folder) as it:
@@ -577,7 +571,7 @@ def run_undo(args: argparse.Namespace) -> int:
 
     if args.yes and not args.foreign:
         args._parser.error("--yes goes with --foreign")
-    if _stdout_closed("what undo does"):
+    if _stdout_closed(args, "what undo does"):
         return EXIT_FAILED
     journals, status = _find_journals(args.journals)
     for path in journals:
@@ -625,12 +619,9 @@ def _find_journals(args: list[str]) -> tuple[list[str], int]:
 
 def _undo_one(path: str, args: argparse.Namespace) -> int:
     """Check, show and undo one journal; raises SortingError for one that cannot be read or is refused."""
-    from .sorting import UNDONE_SUFFIX, SortingError, load_journal, refusal, undo
+    from .sorting import SortingError, inspect_journal, undo
 
-    if path.endswith(UNDONE_SUFFIX) or os.path.lexists(path + UNDONE_SUFFIX):
-        raise SortingError(f"journal was already undone: {path}")
-    journal = load_journal(path)
-    problem = refusal(journal, foreign=args.foreign)
+    journal, problem = inspect_journal(path, foreign=args.foreign)
     if args.dry_run or (args.foreign and not journal.signed):
         _show_plan(journal, problem)
     if problem:

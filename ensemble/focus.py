@@ -36,14 +36,17 @@ def detail_spread(gray: np.ndarray) -> float:
     return float(small.std())
 
 
-def no_detail(gray: np.ndarray) -> str | None:
-    """Why a grey image has nothing to judge for focus (too small, or uniform), or None when it has."""
+def no_detail(gray: np.ndarray, what: str = "picture") -> str | None:
+    """Why a grey image has nothing to judge for focus (too small, or uniform), or None when it has.
+
+    The one rule behind a scan's ``flat`` label and the camera monitor's INVALID; ``what`` names the image in the
+    reason ("picture", "frame")."""
     h, w = gray.shape
     if min(h, w) < MIN_DETAIL_SIDE:
-        return f"too small to judge ({w}x{h} pixels; at least {MIN_DETAIL_SIDE} on each side)"
+        return f"{what} too small to judge ({w}x{h} pixels; at least {MIN_DETAIL_SIDE} on each side)"
     spread = detail_spread(gray)
     if spread < UNIFORM_STD:
-        return f"uniform picture (contrast {spread:.1f} grey levels): nothing to judge"
+        return f"uniform {what} (contrast {spread:.1f} grey levels): blank, one colour, covered or fogged"
     return None
 
 

@@ -635,8 +635,9 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int)
     cost = None
     try:
         jpeg = _check_jpeg(path, img) if img.format in ("JPEG", "MPO") else None
-        # A PNG's EXIF may follow the pixels, and Pillow's getexif() would then decode the whole image to find it:
-        # ask only once the image is decoded (within the budget).
+        # Orientation is asked twice. Before the load, for the reported size: Pillow's TIFF loader turns the
+        # picture upright itself and drops the tag. After it, for what is left to do: a PNG's EXIF may follow the
+        # pixels, and getexif() before the load would decode them (outside the budget) to find it.
         orient = _orientation(img) if img.format != "PNG" or "exif" in img.info else None
         width, height = img.width, img.height
         if side is not None and img.format == "JPEG":

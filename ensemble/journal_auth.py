@@ -136,7 +136,7 @@ def fold_roots(roots: Iterable[str]) -> list[str]:
         resolved = [os.path.commonpath(resolved)]
     kept: list[str] = []
     for root in resolved:  # sorted, so a parent comes before its children
-        if not any(_within(root, k) for k in kept):
+        if not any(is_within(root, k) for k in kept):
             kept.append(root)
     return kept
 
@@ -160,7 +160,8 @@ def located(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def confinement_problem(entries: Iterable[dict], roots: Sequence[str], within: Optional[str] = None) -> Optional[str]:
+def confinement_problem(entries: Iterable[dict], roots: Sequence[str],
+                        within: Optional[str | os.PathLike] = None) -> Optional[str]:
     """Why some path of ``entries`` lies outside ``roots`` (as the disk resolves it now), or None.
 
     ``within``: a folder every root must also lie inside (the review page's root).
@@ -170,18 +171,19 @@ def confinement_problem(entries: Iterable[dict], roots: Sequence[str], within: O
     for root in roots:
         if not os.path.isabs(root) or os.path.realpath(root) != root:
             return f"its root {root} now resolves to {os.path.realpath(root)} (a symbolic link was put in its way)"
-        if within is not None and not _within(root, os.path.realpath(within)):
+        if within is not None and not is_within(root, os.path.realpath(within)):
             return f"its root {root} is outside {within}"
     for entry in entries:
         for key in ("path", "src", "dst"):
             if key in entry:
                 where = os.path.realpath(entry[key]) if key == "path" else located(entry[key])
-                if not any(_within(where, root) for root in roots):
+                if not any(is_within(where, root) for root in roots):
                     return f"it names {entry[key]}, outside its folders ({', '.join(roots)})"
     return None
 
 
-def _within(path: str, folder: str) -> bool:
+def is_within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both absolute and already resolved as wanted)."""
     try:
         return os.path.commonpath([path, folder]) == folder
     except ValueError:
@@ -189,4 +191,4 @@ def _within(path: str, folder: str) -> bool:
 
 
 __all__ = ["FORMAT", "JournalAuthError", "Signer", "anchor", "confinement_problem", "fold_roots", "header",
-           "key_path", "load_key", "located", "signature_problem"]
+           "is_within", "key_path", "load_key", "located", "signature_problem"]

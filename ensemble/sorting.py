@@ -43,6 +43,7 @@ __all__ = [
     "apply_moves",
     "new_journal_path",
     "plan_moves",
+    "inspect_journal",
     "load_journal",
     "read_journal",
     "refusal",
@@ -143,8 +144,8 @@ def plan_moves(
         src = os.path.abspath(path)
         # Resolve the directory but not the file itself: a symlink that lives
         # outside dest is outside dest, whatever it points at.
-        located = os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src))
-        if located in seen or _is_within(located, dest_real):
+        located = journal_auth.located(src)
+        if located in seen or journal_auth.is_within(located, dest_real):
             continue
         seen.add(located)
         root = base_of(path) if base_of is not None else os.path.dirname(src)
@@ -189,13 +190,6 @@ def _collision_key(path: str) -> str:
     # Case-folded so that two planned names cannot collide on a
     # case-insensitive filesystem (macOS, Windows) either.
     return path.casefold()
-
-
-def _is_within(path: str, directory: str) -> bool:
-    try:
-        return os.path.commonpath([path, directory]) == directory
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------
@@ -618,7 +612,7 @@ def refusal(journal: Journal, foreign: bool = False, within: Optional[PathLike] 
     if journal.problem and not foreign:
         return f"not signed by this user's key: {journal.problem}"
     if journal.roots or not foreign or within is not None:
-        problem = journal_auth.confinement_problem(journal.entries, journal.roots, os.fspath(within) if within else None)
+        problem = journal_auth.confinement_problem(journal.entries, journal.roots, within)
         if problem:
             return problem
     return None
@@ -636,14 +630,21 @@ def undo(journal_path: PathLike, foreign: bool = False, within: Optional[PathLik
 
     Raises :class:`SortingError` at once if the journal was already undone, is malformed or is refused.
     """
+    journal, problem = inspect_journal(journal_path, foreign, within)
+    if problem:
+        raise SortingError(f"journal {journal.path} refused, nothing was moved: {problem}")
+    return _undo(journal.path, journal)
+
+
+def inspect_journal(journal_path: PathLike, foreign: bool = False,
+                    within: Optional[PathLike] = None) -> tuple[Journal, Optional[str]]:
+    """What :func:`undo` would work from: the parsed journal (its ``path`` made absolute) and why undo would refuse
+    it (:func:`refusal`), or None. Raises :class:`SortingError` if it was already undone or is malformed."""
     path = os.path.abspath(journal_path)
     if path.endswith(UNDONE_SUFFIX) or os.path.lexists(path + UNDONE_SUFFIX):
         raise SortingError(f"journal was already undone: {path}")
     journal = load_journal(path)
-    problem = refusal(journal, foreign, within)
-    if problem:
-        raise SortingError(f"journal {path} refused, nothing was moved: {problem}")
-    return _undo(path, journal)
+    return journal, refusal(journal, foreign, within)
 
 
 def _undo(path: str, journal: Journal) -> Iterator[MoveOutcome]:

@@ -299,8 +299,8 @@ def test_a_full_disk_is_one_line_in_every_format(two_photos, fmt, where):
 @pytest.mark.parametrize("command", [["scan", "{folder}"], ["undo", "{folder}"]])
 def test_closed_standard_output_is_an_error_not_silence(two_photos, command):
     args = " ".join(a.format(folder=two_photos) for a in command)
-    proc = subprocess.run(f"{sys.executable} -m ensemble {args} >&-", shell=True, capture_output=False,
-                          stderr=subprocess.PIPE, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    proc = subprocess.run(f"{sys.executable} -m ensemble {args} >&-", shell=True, stderr=subprocess.PIPE,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1].startswith("error: standard output is closed"), proc.stderr
 

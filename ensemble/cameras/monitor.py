@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from ..focus import FOCUS_FEATURE_NAMES, MIN_DETAIL_SIDE, UNIFORM_STD, detail_spread, focus_features
+from ..focus import FOCUS_FEATURE_NAMES, UNIFORM_STD, focus_features, no_detail
 from ..imageio import Decoded, ImageError, load_image, resize_to_analysis, to_gray
 from ..scan import default_workers, one_line
 from .config import Camera, scrub
@@ -177,16 +177,11 @@ def focus_score(grey: np.ndarray) -> float:
 
 
 def frame_problem(grey: np.ndarray) -> Optional[str]:
-    """Why a grey frame is not worth judging (black or uniform), or None."""
+    """Why a grey frame is not worth judging (black, too small or uniform), or None."""
     p99 = float(np.percentile(grey, 99))
     if p99 <= BLACK_LEVEL:
         return f"black frame (99% of pixels at grey level {p99:.0f} of 255 or darker)"
-    if min(grey.shape) < MIN_DETAIL_SIDE:
-        return f"frame too small to judge ({grey.shape[1]}x{grey.shape[0]} pixels)"
-    spread = detail_spread(grey)
-    if spread < UNIFORM_STD:  # the rule that makes a scanned photo 'flat' (ensemble.focus.no_detail)
-        return f"uniform frame (contrast {spread:.1f} grey levels): covered, fogged, or a flat picture"
-    return None
+    return no_detail(grey, "frame")  # too small or uniform: the rule that makes a scanned photo flat
 
 
 def frame_hash(grey: np.ndarray) -> str:
@@ -432,7 +427,7 @@ class Monitor:
             best, n_frames, why = score_frames(grabbed.frames, self.detector)
         if best is None:
             return "UNREACHABLE", why, None, 0, grabbed.position
-        problem = best.problem or best.result.flat  # the same rules: a flat frame is INVALID
+        problem = best.problem  # frame_problem applies the scan's 'flat' rule too: a flat frame is INVALID
         if problem is None and old.frame_hash is not None and best.hash == old.frame_hash:
             problem = "frozen: the picture is identical to the previous check's"
         threshold = camera.threshold if camera.threshold is not None else self.settings.threshold

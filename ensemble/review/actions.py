@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..fsutil import OutsideRootError, confine
-from ..sorting import (JOURNAL_PREFIX, SortingError, apply_moves, load_journal, new_journal_path, plan_moves, refusal,
-                       undo)
+from ..sorting import JOURNAL_PREFIX, SortingError, apply_moves, inspect_journal, new_journal_path, plan_moves, undo
 from .paths import DEST_DIR
 
 
@@ -123,8 +122,7 @@ def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
         raise SortingError(f"{journal} is not a blur-detect journal: refused")
     if not os.path.lexists(path):
         return path, 0  # undo reports it missing, and the page lets it go
-    loaded = load_journal(path)
-    problem = refusal(loaded, within=root)
+    loaded, problem = inspect_journal(path, within=root)
     if problem:
         raise SortingError(f"journal {journal} refused: {problem}")
     return path, sum(entry["op"] != "mkdir" for entry in loaded.entries)
