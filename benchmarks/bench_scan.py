@@ -145,8 +145,9 @@ def link_many(sources: list[Path], folder: Path, n: int) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from ensemble.cli_common import HelpFormatter  # each default once, none for None
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=40, help="12 MP photos for the throughput comparison")
     p.add_argument("--workers", type=int, default=0, help="threads for both decode and scan (0: number of cores)")
     p.add_argument("--memory-images", type=int, default=10_000, help="files in the peak-memory scan (0: skip)")

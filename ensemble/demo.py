@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import apply_blur
-from .cli_common import make_output_dir
+from .cli_common import HelpFormatter, make_output_dir
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 BLURS = (("defocus", 5.0), ("gaussian", 3.0), ("motion", 18.0))
@@ -60,7 +60,7 @@ def build(out: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("out", nargs="?", default="demo/photos", help="folder to create")
     a = p.parse_args(argv)
     problem = make_output_dir(a.out)

@@ -110,7 +110,7 @@ def _journal_path(root: Path, journal: str) -> tuple[Path, int]:
 
     The state file that names the journal sits in the user's folder: a hand-edited or planted journal must not
     make the page move files anywhere else, so one this user did not sign, or whose paths leave ``root``, is
-    refused too (:func:`ensemble.sorting.refusal`); the page has no override for that.
+    refused too (:func:`ensemble.sorting.inspect_journal`); the page has no override for that.
     """
     try:
         path = confine(root / DEST_DIR, journal.removeprefix(DEST_DIR + "/"))
