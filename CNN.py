@@ -23,6 +23,9 @@ def main(argv=None):
     p.add_argument("--patches-per-image", type=positive_int, default=16, help="textured patches drawn from each image")
     p.add_argument("--no-synthetic-blur", action="store_true",
                    help="do not add artificially blurred copies of the sharp photos")
+    p.add_argument("--no-camera-effects", action="store_true",
+                   help="train on the patches as they are, without random sensor noise, exposure, noise reduction "
+                        "and JPEG recompression (the default adds them to sharp and blurred patches alike)")
     p.add_argument("--meta-fraction", type=float, default=0.0,
                    help="share of scenes kept away from the CNN, to validate the meta-network on (0: none; "
                         "then every epoch runs and the last is kept)")
@@ -36,7 +39,7 @@ def main(argv=None):
 
     return run_stage(train_cnn_stage, a.train, a.out, a.epochs, a.batch_size, a.lr, a.patches_per_image,
                      not a.no_synthetic_blur, a.meta_fraction, a.patience, a.seed, 0 if a.quiet else 2,
-                     width=a.width)
+                     width=a.width, camera_effects=not a.no_camera_effects)
 
 
 if __name__ == "__main__":

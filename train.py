@@ -5,10 +5,11 @@ Writes final_model/meta.keras, meta.onnx and metadata.json (data fingerprint and
 cross-validated metrics, thresholds, date, library versions). It trains on every training image and is validated
 and Platt-calibrated on out-of-fold predictions over scene folds: of every image by default, or only of the
 scenes CNN.py --meta-fraction kept away from the CNN. Several such networks, one per seed (--members), are
-averaged into the one shipped model.
+averaged into the one shipped model. Then the kind head (defocus or motion, the blur's extent, the motion's angle)
+is trained into final_model/kind.onnx; --kind-only trains only that, beside an existing meta-network.
 """
-from ensemble.cli_common import (in_repo, note_replacing_shipped, positive_float, positive_int, positive_int_list,
-                                  run_stage, stage_parser)
+from ensemble.cli_common import (count_arg, in_repo, note_replacing_shipped, positive_float, positive_int,
+                                  positive_int_list, run_stage, stage_parser)
 
 
 def main(argv=None):
@@ -25,14 +26,31 @@ def main(argv=None):
     p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
     p.add_argument("--members", type=positive_int, default=5,
                    help="meta-networks averaged into the shipped one, each with its own seed (--seed, --seed + 1, …)")
+    p.add_argument("--camera-copies", type=count_arg, default=2,
+                   help="copies of each training image with random sensor noise, exposure, noise reduction and JPEG "
+                        "that the meta-network also learns from (0: the images as they are only)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first member")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--kind-only", action="store_true",
+                      help="train only the kind head (blur kind, extent, motion angle) into --out/kind.onnx, beside "
+                           "the meta-network already there, which is left as it is")
+    kind.add_argument("--no-kind", action="store_true", help="train only the meta-network, not the kind head")
+    p.add_argument("--kind-copies", type=positive_int, default=4,
+                   help="synthetic blurs (defocus, Gaussian, motion) of each sharp photo the kind head learns from")
+    p.add_argument("--kind-max-epochs", type=positive_int, default=300, help="epoch limit of each kind-head network")
     a = p.parse_args(argv)
     note_replacing_shipped(a.out, "final_model")
-    from ensemble.pipeline import train_meta_stage
+    from ensemble.pipeline import train_kind_stage, train_meta_stage
 
-    return run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, a.hidden,
-                     a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members)
+    status = 0
+    if not a.kind_only:
+        status = run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, a.hidden,
+                           a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members, a.camera_copies)
+    if status == 0 and not a.no_kind:
+        status = run_stage(train_kind_stage, a.train, a.out, copies=a.kind_copies, max_epochs=a.kind_max_epochs,
+                           seed=a.seed, progress=not a.quiet)
+    return status
 
 
 if __name__ == "__main__":

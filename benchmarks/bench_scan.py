@@ -100,6 +100,16 @@ def scan_rate(paths: list[Path], workers: int, model: str | None) -> float:
     return len(paths) / elapsed
 
 
+def interleaved_medians(contenders: dict, passes: int) -> dict:
+    """Median over ``passes`` of each contender's rate, ``contenders`` being name -> function returning a rate.
+    The passes are interleaved (A B A B ...), so a busy spell on a shared machine hits every contender alike."""
+    rates = {name: [] for name in contenders}
+    for _ in range(max(1, passes)):
+        for name, measure in contenders.items():
+            rates[name].append(measure())
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ensemble", *args]
 

@@ -6,6 +6,7 @@
 * ``docs/blurmap_example.png``: the blur maps of one photo sharp and defocused, side by side (``scan --save-maps``).
 * ``docs/review.png``: the review page over the demo folder in headless chromium (Playwright), the blurriest photo
   selected.
+* ``docs/blur_kind_angles.png``: the convention of ``motion_angle``, a photo streaked at 0, 45, 90 and 135 degrees.
 
 The demo folder is built first when missing (``python -m ensemble.demo``). The tests never write here.
 """
@@ -93,6 +94,44 @@ def review_screenshot(photos: Path, chromium: str) -> Path:
     return path
 
 
+def angle_picture(photos: Path) -> Path:
+    """The motion_angle convention: one demo photo (or a synthetic one) streaked at four screen angles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from ensemble.augment import apply_blur
+    from ensemble.blur_kind import screen_angle
+
+    sources = sorted(photos.glob(f"{PAIR[0]}.*"))
+    grey = np.asarray(Image.open(sources[0]).convert("L")) if sources else np.tile(np.arange(256, dtype=np.uint8),
+                                                                                      (192, 1))
+    h, w = grey.shape
+    side = min(h, w)
+    crop = np.asarray(Image.fromarray(grey[(h - side) // 2:][:side, (w - side) // 2:][:, :side]).resize((240, 240)))
+    fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
+    for ax, angle in zip(axes, (0, 45, 90, 135)):
+        kernel_angle = -angle % 180  # augment.motion_kernel measures clockwise; screen_angle turns it round
+        assert screen_angle(kernel_angle) == angle
+        ax.imshow(apply_blur(crop, "motion", 24, kernel_angle), cmap="gray", vmin=0, vmax=255)
+        rad = np.deg2rad(angle)
+        dx, dy = 70 * np.cos(rad), -70 * np.sin(rad)  # screen y runs down
+        ax.annotate("", xy=(120 + dx, 120 + dy), xytext=(120 - dx, 120 - dy),
+                    arrowprops={"arrowstyle": "<->", "color": "#f05d55", "lw": 2.5})
+        ax.set_title(f"motion_angle {angle}°")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Counter-clockwise from horizontal, as seen on screen; a streak has no head or tail (0–180°)")
+    fig.tight_layout()
+    out = DOCS / "blur_kind_angles.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default=str(REPO / "demo" / "photos"), help="the demo folder (built when missing)")
@@ -103,6 +142,7 @@ def main(argv=None) -> int:
     if not photos.is_dir():
         subprocess.run([sys.executable, "-m", "ensemble.demo", str(photos)], check=True, cwd=REPO)
     print(f"wrote {blur_maps(photos).relative_to(REPO)}")
+    print(f"wrote {angle_picture(photos).relative_to(REPO)}")
     if not Path(a.chromium).exists():
         print(f"error: chromium not found at {a.chromium}: run 'make browser' or pass --chromium", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """``blur-detect``: the command line (also ``python -m ensemble``).
 
     blur-detect scan PATH... [--recursive] [--threshold P] [--format table|csv|json|jsonl] [--output FILE]
-                             [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--dry-run]
+                             [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--kind K] [--dry-run]
                              [--save-maps DIR] [--quiet]
     blur-detect undo JOURNAL|FOLDER... [--dry-run] [--foreign [--yes]] [--quiet]
 
@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .cli_common import make_output_dir, positive_int, probability_arg, write_output
+from .records import RECORD_FIELDS, error_record
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-RECORD_FIELDS = ("path", "label", "blur_probability", "laplacian_var", "width", "height", "error")
-"""The fields of a scan record, in output order (csv header, json keys)."""
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -181,7 +179,7 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--threshold", type=probability_arg, metavar="P",
                    help="blur probability (0-1, or a percentage) from which a photo is called blurry "
                         "(default: the model's, usually 0.5)")
-    p.add_argument("-f", "--format", choices=FORMATS, default="table",
+    p.add_argument("-f", "--format", choices=FORMATS, default=None,
                    help="table: aligned, blurriest first, with a summary; csv; json (one array); "
                         "jsonl (one object per line, written as each image is scored) (default: table)")
     p.add_argument("-o", "--output", metavar="FILE",
@@ -195,20 +193,80 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
                       help="move the blurry photos into DIR, keeping their paths below the folder scanned; "
                            "nothing is overwritten, and a journal in DIR lets 'blur-detect undo' put them back")
     sort.add_argument("--copy-blurry", metavar="DIR", help="the same, but copy instead of moving")
+    p.add_argument("--kind", choices=("defocus", "motion"),
+                   help="with --move-blurry/--copy-blurry: sort only the blurry photos of this kind of blur "
+                        "(needs a model with a kind head; see docs/blur-kind.md)")
     p.add_argument("-n", "--dry-run", action="store_true",
                    help="with --move-blurry/--copy-blurry: print what would be moved and change nothing")
     p.add_argument("--save-maps", metavar="DIR",
                    help="write DIR/<name>.blurmap.png per photo: the photo with its per-patch blur map laid over it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per moved file")
+    p.add_argument("--plan", metavar="OUT.parquet",
+                   help="with --move-blurry/--copy-blurry: take the scores from the Parquet output of an "
+                        "'--engine ray' scan instead of scoring again; only files under PATH that still have the "
+                        "size and modification time it recorded are sorted")
+    ray = p.add_argument_group("scale-out on Ray (pip install \"blur-ensemble[ray]\"; see docs/ray.md)")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: threads on this machine; ray: an actor pool on a Ray cluster, writing Parquet "
+                          "to --output, resumable (default: local)")
+    ray.add_argument("--address", metavar="ADDR",
+                     help="the Ray cluster: auto (the one started on this machine with 'ray start'), "
+                          "ray://HOST:PORT (Ray Client) or HOST:PORT (default: $RAY_ADDRESS, else a new Ray "
+                          "instance on this machine)")
+    ray.add_argument("--actors", type=positive_int, metavar="N",
+                     help="scoring actors (default: the cluster's CPUs / --cpus-per-actor)")
+    ray.add_argument("--cpus-per-actor", type=positive_int, metavar="N",
+                     help="CPUs each actor holds, and images it scores at once (default: 1)")
+    ray.add_argument("--batch-size", type=positive_int, metavar="N",
+                     help="files an actor takes at once, scored side by side by its threads (default: 8); a job "
+                          "is cut into about 16 Ray tasks per actor of at most 1024 files")
+    ray.add_argument("--rows-per-part", type=positive_int, metavar="N",
+                     help="rows per Parquet part file; a part is also written every minute (default: 100000)")
+
+
+RAY_ONLY = ("address", "actors", "cpus_per_actor", "batch_size", "rows_per_part")
+
+
+def check_paths_exist(parser: argparse.ArgumentParser, paths: list[str], uris: bool = False) -> None:
+    """A usage error naming the first path that does not exist (a typo, not an unreadable image), before anything
+    loads. With ``uris`` (a Ray scan), ``scheme://...`` paths are left to whoever opens them."""
+    missing = [path for path in paths if not (uris and "://" in path) and not os.path.lexists(path)]
+    if missing:
+        parser.error(f"no such file or folder: {_shown(missing[0])}" + (f" (and {len(missing) - 1} more)"
+                                                                         if len(missing) > 1 else ""))
+
+
+def _check_engine_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Usage errors for options that do not go together, before anything loads."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    given = [name for name in RAY_ONLY if getattr(args, name) is not None]
+    if args.engine != "ray" and given:
+        parser.error(f"{flag(given[0])} goes with --engine ray")
+    sorting = ("--move-blurry" if args.move_blurry else "--copy-blurry") if (args.move_blurry or args.copy_blurry) \
+        else None
+    if args.engine == "ray":
+        if sorting:
+            parser.error(f"{sorting} does not go with --engine ray: score first, then sort with "
+                         f"'blur-detect scan PATH... --plan OUT.parquet {sorting} DIR'")
+        for name in ("save_maps", "workers", "format", "plan"):
+            if getattr(args, name) is not None:
+                parser.error(f"{flag(name)} does not go with --engine ray (it writes Parquet to --output)")
+        if not args.output:
+            parser.error("--engine ray needs --output OUT.parquet (a folder of Parquet part files)")
+    if args.plan is not None:
+        if not sorting:
+            parser.error("--plan needs --move-blurry or --copy-blurry")
+        for name in ("output", "save_maps", "format", "workers"):
+            if getattr(args, name) is not None:
+                parser.error(f"{flag(name)} does not go with --plan (the records are in the plan already)")
+        if not os.path.exists(args.plan):
+            parser.error(f"--plan: no such file or folder: {_shown(args.plan)}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # scan: report writers
-
-
-def error_record(path: str, reason: str) -> dict:
-    return {"path": path, "label": "error", "blur_probability": None, "laplacian_var": None,
-            "width": None, "height": None, "error": reason}
 
 
 def _clean(record: dict) -> dict:
@@ -266,31 +324,26 @@ class Report:
             sys.stdout.flush()
 
     def summary(self, interrupted: bool = False) -> str:
-        n, c = sum(self.counts.values()), self.counts
-        errors = f"{c['error']} error" + ("" if c["error"] == 1 else "s")
-        flat = f"{c['flat']} flat (nothing to judge), " if c["flat"] else ""
-        line = (f"{n} image{'' if n == 1 else 's'}: {c['blurry']} blurry, {c['sharp']} sharp, {flat}{errors} "
-                f"(threshold {_percent(self.threshold)})")
-        return line + (" - interrupted" if interrupted else "")
+        return summary_line(self.counts, self.threshold, interrupted)
 
     def _table(self, interrupted: bool) -> str:
         scored = sorted((r for r in self.records if r["blur_probability"] is not None),
                         key=lambda r: -r["blur_probability"])
         flat = [r for r in self.records if r["label"] == "flat"]
         failed = [r for r in self.records if r["label"] == "error"]
-        rows = [("BLUR", "LABEL", "LAPVAR", "SIZE", "PATH")]
+        rows = [("BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "PATH")]
         for r in scored + flat:
             blur = "-" if r["blur_probability"] is None else f"{100 * r['blur_probability']:.1f}%"
-            rows.append((blur, r["label"], f"{r['laplacian_var']:.1f}", f"{r['width']}x{r['height']}",
+            rows.append((blur, r["label"], _kind_cell(r), f"{r['laplacian_var']:.1f}", f"{r['width']}x{r['height']}",
                          _shown(r["path"])))
         for r in failed:
-            rows.append(("-", "error", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            rows.append(("-", "error", "-", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
         for row in rows:
-            blur, label, lap, size, path = row
-            lines.append(f"{blur:>{widths[0]}}  {label:<{widths[1]}}  {lap:>{widths[2]}}  {size:>{widths[3]}}  "
-                         f"{path}")
+            blur, label, kind, lap, size, path = row
+            lines.append(f"{blur:>{widths[0]}}  {label:<{widths[1]}}  {kind:<{widths[2]}}  {lap:>{widths[3]}}  "
+                         f"{size:>{widths[4]}}  {path}")
         lines.append(self.summary(interrupted))
         return "\n".join(lines) + "\n"
 
@@ -308,6 +361,30 @@ class Report:
         import json
 
         return json.dumps([_clean(r) for r in self.records], indent=2) + "\n"
+
+
+def _kind_cell(record: dict) -> str:
+    """The table's KIND: ``motion 80° 12px`` (direction on screen, length in the original's pixels),
+    ``defocus 6px`` (radius), or ``-`` (sharp, flat, or a model without a kind head)."""
+    kind = record.get("blur_kind")
+    if not kind:
+        return "-"
+    angle = f" {record['motion_angle']:.0f}°" if record.get("motion_angle") is not None else ""
+    extent = f" {record['blur_extent_px']:.0f}px" if record.get("blur_extent_px") is not None else ""
+    return f"{kind}{angle}{extent}"
+
+
+def summary_line(counts: dict[str, int], threshold: Optional[float], interrupted: bool = False) -> str:
+    """``N images: B blurry, S sharp, [F flat (nothing to judge), ]E errors (threshold T)``: the scan's last line.
+    ``counts`` maps labels to images (missing labels count 0); a threshold of None is left out."""
+    c = {label: counts.get(label, 0) for label in ("blurry", "sharp", "flat", "error")}
+    n = sum(counts.values())
+    errors = f"{c['error']} error" + ("" if c["error"] == 1 else "s")
+    flat = f"{c['flat']} flat (nothing to judge), " if c["flat"] else ""
+    line = f"{n} image{'' if n == 1 else 's'}: {c['blurry']} blurry, {c['sharp']} sharp, {flat}{errors}"
+    if threshold is not None:
+        line += f" (threshold {_percent(threshold)})"
+    return line + (" - interrupted" if interrupted else "")
 
 
 def _percent(p: float) -> str:
@@ -352,12 +429,23 @@ def run_scan(args: argparse.Namespace) -> int:
 
     parser: argparse.ArgumentParser = args._parser
     for option, value in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
-                          ("--save-maps", args.save_maps), ("--output", args.output), ("--model", args.model)):
+                          ("--save-maps", args.save_maps), ("--output", args.output), ("--model", args.model),
+                          ("--plan", args.plan), ("--address", args.address)):
         if value == "":  # `--move-blurry "$UNSET"` must not quietly move nothing
             parser.error(f"{option}: empty path")
     dest = args.move_blurry or args.copy_blurry
     if args.dry_run and not dest:
         parser.error("--dry-run needs --move-blurry or --copy-blurry")
+    if args.kind and not dest:
+        parser.error("--kind needs --move-blurry or --copy-blurry")
+    if args.kind and args.plan is not None:
+        parser.error("--kind does not go with --plan (the plan's rows carry no blur kind)")
+    _check_engine_options(args, parser)
+    if args.engine == "ray":
+        from .distributed.cli import run_ray_scan
+
+        return run_ray_scan(args)
+    args.format = args.format or "table"
     for option, folder in (("--move-blurry", args.move_blurry), ("--copy-blurry", args.copy_blurry),
                            ("--save-maps", args.save_maps)):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
@@ -375,10 +463,11 @@ def run_scan(args: argparse.Namespace) -> int:
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
             parser.error(f"--output: folder {os.path.dirname(args.output)} does not exist")
 
-    missing = [path for path in args.paths if not os.path.lexists(path)]
-    if missing:  # a typo, not an unreadable image: a usage error, before anything loads
-        parser.error(f"no such file or folder: {_shown(missing[0])}" + (f" (and {len(missing) - 1} more)"
-                                                                         if len(missing) > 1 else ""))
+    check_paths_exist(parser, args.paths)
+    if args.plan is not None:
+        from .distributed.cli import run_plan
+
+        return run_plan(args, dest)
     # Listing is done before the model loads, so that typos are reported at once.
     inputs, empty = expand_paths(args.paths, args.recursive)
     for folder in empty:
@@ -395,6 +484,10 @@ def run_scan(args: argparse.Namespace) -> int:
     except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
         where = args.model or "the shipped model"
         _err(f"error: cannot load the model ({where}): {_one_line(err)}")
+        return EXIT_FAILED
+    if args.kind and detector.kind is None:
+        _err(f"error: --kind {args.kind}: the model ({args.model or 'the shipped model'}) has no kind head "
+             "(final_model/kind.onnx); add one with 'python train.py --kind-only'")
         return EXIT_FAILED
 
     after = None
@@ -435,7 +528,7 @@ def run_scan(args: argparse.Namespace) -> int:
                     progress.write(f"error: {_shown(scanned.path)}: {record['error']}")
                 else:
                     record = scanned.result.record(scanned.path)
-                    if record["label"] == "blurry" and dest:
+                    if record["label"] == "blurry" and dest and (not args.kind or record["blur_kind"] == args.kind):
                         root_of[scanned.path] = inputs[order[scanned.path]].root
                     if scanned.path in map_failures:
                         progress.write(f"error: {_shown(scanned.path)}: cannot save blur map: "

@@ -56,6 +56,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_arg(text: str) -> int:
+    """argparse type for a count that may be 0 (none) but not negative."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type for a rate or scale that must be a finite number above 0."""
     try:

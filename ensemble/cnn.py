@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import random_blur
+from .camera_effects import MAX_NOISE_SIGMA, random_camera, sensor_noise
 from .focus import laplacian_variance
 from .patches import PATCH_SIZE, extract_patches
 
@@ -85,7 +86,8 @@ def sample_patches(
 
     From sharp photos the patches come from the most detailed half (the part in focus), so a soft background does
     not teach the CNN that blur is sharp. With ``synthetic_blur``, each sharp photo also yields a copy with random
-    defocus, Gaussian or motion blur, whose patches are labelled blurred.
+    defocus, Gaussian or motion blur, whose patches are labelled blurred; a quarter of those copies get sensor noise
+    before the blur, so that noise smoothed by blur is still seen as blur.
     """
     rng = np.random.default_rng(seed)
     xs, ys, syn = [], [], []
@@ -106,30 +108,51 @@ def sample_patches(
     for gray, label in zip(images, labels):
         take(gray, int(label), False)
         if synthetic_blur and label == 0:
-            take(random_blur(gray, rng), 1, True)
+            source = gray
+            if rng.random() < 0.25:
+                source = sensor_noise(gray, MAX_NOISE_SIGMA * float(rng.random()), rng)
+            take(random_blur(source, rng), 1, True)
     return PatchSet(np.concatenate(xs), np.concatenate(ys), np.concatenate(syn))
 
 
-def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 0):
-    """tf.data pipeline: shuffle, flips, 90° turns, exposure and sensor-noise jitter, batching, prefetch."""
+def camera_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """camera_effects.random_camera on each patch of a uint8 (B, P, P, 1) batch, fresh draws every call."""
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        out[i, ..., 0] = random_camera(x[i, ..., 0], rng)
+    return out
+
+
+def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 0, camera: bool = True):
+    """tf.data pipeline: shuffle, flips and 90° turns, then (with ``camera``) a fresh chain of camera effects on
+    every patch each epoch (exposure, sensor noise, noise reduction, JPEG: camera_effects.random_camera), batching,
+    prefetch. Sharp and blurred patches get the same effects, so none of them tells the classes apart."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((patches.x[..., None], patches.y.astype(np.float32)))
     if augment:
         ds = ds.shuffle(len(patches.y), seed=seed, reshuffle_each_iteration=True)
 
-    def prepare(x, y):
-        x = tf.cast(x, tf.float32) / 255.0
-        if augment:
-            x = tf.image.random_flip_left_right(x)
-            x = tf.image.random_flip_up_down(x)
-            x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-            x = x * tf.random.uniform([], 0.6, 1.2) + tf.random.uniform([], -0.1, 0.1)
-            noise = tf.random.uniform([], 0.0, 3.0 / 255.0)
-            x = tf.clip_by_value(x + tf.random.normal(tf.shape(x), stddev=noise), 0.0, 1.0)
-        return x, y
+    def turn(x, y):
+        x = tf.image.random_flip_left_right(x)
+        x = tf.image.random_flip_up_down(x)
+        return tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32)), y
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    rng = np.random.default_rng(seed)
+
+    def effects(x, y):
+        out = tf.numpy_function(lambda b: camera_batch(b, rng), [x], tf.uint8, stateful=True)
+        return tf.ensure_shape(out, x.shape), y
+
+    def scale(x, y):
+        return tf.cast(x, tf.float32) / 255.0, y
+
+    if augment:
+        ds = ds.map(turn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if augment and camera:
+        ds = ds.map(effects, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def train_cnn(
@@ -144,12 +167,14 @@ def train_cnn(
     verbose: int = 2,
     on_epoch=None,
     width: float = 1.0,
+    camera: bool = True,
 ):
     """Fit build_cnn(width=width) on ``train``, early-stopped on ``val`` ROC AUC; returns (best Keras model, epochs run).
 
     AUC rather than loss picks the checkpoint: the meta-network only needs the CNN to rank patches well, and
     the loss on weakly labelled validation patches swings with batch-norm statistics from epoch to epoch.
-    With ``val`` None, all ``epochs`` run and the last one is kept (the cosine schedule ends there).
+    With ``val`` None, all ``epochs`` run and the last one is kept (the cosine schedule ends there). ``camera``:
+    train on patches with random camera effects (make_dataset).
 
     Writes to ``out_dir``: ``cnn.keras`` (best checkpoint) and ``training_log.csv`` (one row an epoch). Uses a GPU
     when TensorFlow sees one. ``on_epoch(epoch, logs)``, if given, is called after each epoch (1-based, with the
@@ -182,7 +207,7 @@ def train_cnn(
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     history = model.fit(
-        make_dataset(train, batch_size, augment=True, seed=seed),
+        make_dataset(train, batch_size, augment=True, seed=seed, camera=camera),
         validation_data=None if val is None else make_dataset(val, 512, augment=False),
         epochs=epochs,
         class_weight=class_weight,

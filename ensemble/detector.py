@@ -15,13 +15,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .blur_kind import KindHead, kind_features
 from .features import FEATURE_NAMES, LAPVAR_INDEX, batch_features
 from .focus import no_detail
 from .imageio import Decoded, load_image, resize_to_analysis, to_gray
+from .noise import original_noise_sigma
 from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
 META_DIR = "final_model"
+NOISE_INDEX = FEATURE_NAMES.index("log_noise_sigma")
 
 LABELS = ("blurry", "sharp", "flat", "error")
 """A scan record's ``label``: ``flat`` is an image with nothing to judge (smaller than 32 pixels on a side, or
@@ -51,6 +54,15 @@ class BlurResult:
     ``width``/``height`` the original size in pixels; ``cnn_probability`` the CNN's own mean patch probability;
     ``blur_map`` the per-patch probabilities (rows, cols), NaN where a patch is flat; ``grid_origin`` (y, x) and
     ``patch_size`` place that map on the analysis-scale image, in pixels.
+
+    For a blurry image with a model that has a kind head (docs/blur-kind.md): ``blur_kind`` 'defocus' or 'motion'
+    with ``blur_kind_probability`` (0.5–1), ``motion_angle`` the motion's direction in degrees [0, 180),
+    counter-clockwise from horizontal on screen (motion only), and ``blur_extent_px`` the defocus radius or motion
+    length in pixels of the original image; None otherwise. ``noise_sigma`` is the noise's standard deviation in
+    grey levels (0–255) at the original resolution, for every image that is not flat. ``kind_estimate`` holds the
+    kind head's answer whatever the label (keys blur_kind, blur_kind_probability, motion_angle, blur_extent_px),
+    for surfaces with a threshold of their own (the review page's slider, a camera's threshold); None for a flat
+    image or a model without a kind head.
     """
 
     blur_probability: float | None
@@ -63,9 +75,16 @@ class BlurResult:
     grid_origin: tuple[int, int] = (0, 0)
     patch_size: int = 0
     flat: str | None = None
+    blur_kind: str | None = None
+    blur_kind_probability: float | None = None
+    motion_angle: float | None = None
+    blur_extent_px: float | None = None
+    noise_sigma: float | None = None
+    kind_estimate: dict | None = field(default=None, repr=False, compare=False)
 
     def record(self, path: str | None = None) -> dict:
-        """The scan record: path, label, blur_probability, laplacian_var, width, height, error (None)."""
+        """The scan record (records.RECORD_FIELDS): path, label, blur_probability, laplacian_var, width, height,
+        error (None), blur_kind, blur_kind_probability, motion_angle, blur_extent_px, noise_sigma."""
         return {
             "path": path,
             "label": self.label,
@@ -74,20 +93,31 @@ class BlurResult:
             "width": self.width,
             "height": self.height,
             "error": None,
+            "blur_kind": self.blur_kind,
+            "blur_kind_probability": _rounded(self.blur_kind_probability, 4),
+            "motion_angle": _rounded(self.motion_angle, 1),
+            "blur_extent_px": _rounded(self.blur_extent_px, 2),
+            "noise_sigma": _rounded(self.noise_sigma, 3),
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 class BlurDetector:
     """The CNN + focus-measure ensemble.
 
     ``cnn`` maps float32 (N, P, P, 1) patches to (N,) blur probabilities; ``meta`` maps float32 (N, F) feature
-    vectors to (N,) calibrated probabilities; ``metadata`` is final_model/metadata.json as a dict.
+    vectors to (N,) calibrated probabilities; ``metadata`` is final_model/metadata.json as a dict; ``kind`` the
+    kind head (blur_kind.KindHead), or None for a model folder without one (the kind fields are then None).
     """
 
-    def __init__(self, cnn, meta, metadata: dict, threshold: float | None = None):
+    def __init__(self, cnn, meta, metadata: dict, threshold: float | None = None, kind: KindHead | None = None):
         self.cnn = cnn
         self.meta = meta
         self.metadata = metadata
+        self.kind = kind
         self.threshold = float(threshold if threshold is not None else metadata.get("threshold", 0.5))
         self.analysis_side = int(metadata.get("analysis_side", 640))
         self.patch_size = int(metadata.get("cnn", {}).get("hyperparameters", {}).get("patch_size", PATCH_SIZE))
@@ -121,7 +151,8 @@ class BlurDetector:
             meta = KerasModel(load_keras(root / META_DIR / "meta.keras"))
         else:
             raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")
-        return cls(cnn, meta, metadata, threshold)
+        # The kind head runs on ONNX Runtime whatever the runtime: it ships as kind.onnx only.
+        return cls(cnn, meta, metadata, threshold, KindHead.load(root / META_DIR, threads))
 
     def check(self) -> "BlurDetector":
         """Run one tiny prediction and return self. A model that loads but cannot run fails here, with its own
@@ -143,17 +174,19 @@ class BlurDetector:
 
     def predict_batch(self, items: Sequence, with_map: bool = False) -> list[BlurResult]:
         """Score several images (paths or arrays) with one CNN call and one meta-network call."""
-        grays, sizes = [], []
+        grays, sizes, drafts = [], [], []
         for item in items:
             if isinstance(item, (str, os.PathLike)):
                 dec = self.decode(item)
                 grays.append(dec.pixels)
                 sizes.append((dec.width, dec.height))
+                drafts.append(dec.draft)
             else:
                 gray = to_gray(item)
                 sizes.append((gray.shape[1], gray.shape[0]))
                 grays.append(resize_to_analysis(gray, self.analysis_side))
-        return self._predict_gray(grays, sizes, with_map)
+                drafts.append(1)
+        return self._predict_gray(grays, sizes, with_map, drafts)
 
     def predict_proba(self, images: Iterable) -> np.ndarray:
         """Calibrated P(blurry) for each image (paths or arrays), float (N,)."""
@@ -169,25 +202,53 @@ class BlurDetector:
 
     def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True) -> list[BlurResult]:
         """Score images already decoded by :meth:`decode`."""
-        return self._predict_gray([d.pixels for d in decoded], [(d.width, d.height) for d in decoded], with_map)
+        return self._predict_gray([d.pixels for d in decoded], [(d.width, d.height) for d in decoded], with_map,
+                                  [d.draft for d in decoded])
 
     def features(self, grays: Sequence[np.ndarray]):
         """Feature matrix float32 (N, F) of analysis-scale grey images, with each image's grid and patch probs."""
         return batch_features(grays, self.cnn, self.patch_size)
 
-    def _predict_gray(self, grays, sizes, with_map) -> list[BlurResult]:
+    def _predict_gray(self, grays, sizes, with_map, drafts=None) -> list[BlurResult]:
         feats, grids, probs = self.features(grays)
         blur = np.clip(self.meta(feats), 0.0, 1.0)
+        flats = [no_detail(g) for g in grays]
+        labels = ["flat" if flat else "blurry" if prob >= self.threshold else "sharp"
+                  for flat, prob in zip(flats, blur)]
+        noise = feats[:, NOISE_INDEX].astype(np.float64)
+        kinds = self._kinds(grays, sizes, np.expm1(noise), labels)
         results = []
-        for gray, (w, h), gr, p, prob, f in zip(grays, sizes, grids, probs, blur, feats):
-            flat = no_detail(gray)
+        for i, (gray, (w, h), gr, p, prob, f) in enumerate(zip(grays, sizes, grids, probs, blur, feats)):
+            flat = flats[i]
+            sigma = None if flat else original_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],
+                                                           drafts[i] if drafts else 1)
             results.append(BlurResult(
                 blur_probability=None if flat else float(prob),
-                label="flat" if flat else "blurry" if prob >= self.threshold else "sharp",
+                label=labels[i],
                 laplacian_var=float(np.expm1(f[LAPVAR_INDEX])),
                 width=int(w), height=int(h),
                 cnn_probability=float(f[0]),
                 blur_map=blur_map(gr, p) if with_map else None,
                 grid_origin=gr.origin, patch_size=gr.size, flat=flat,
+                noise_sigma=sigma, kind_estimate=kinds.get(i),
+                **(kinds.get(i, {}) if labels[i] == "blurry" else {}),
             ))
         return results
+
+    def _kinds(self, grays, sizes, noise, labels) -> dict[int, dict]:
+        """The kind fields (BlurResult keyword arguments) of each image that is not flat, by index, from one
+        kind-head call for all of them (the features cost about 3 % of a scan)."""
+        scored = [i for i, label in enumerate(labels) if label != "flat"]
+        if self.kind is None or not scored:
+            return {}
+        pairs = [kind_features(grays[i], float(noise[i])) for i in scored]
+        est = self.kind(np.stack([x for x, _ in pairs]), np.array([ref for _, ref in pairs]))
+        out = {}
+        for k, i in enumerate(scored):
+            kind, probability = est.kind(k)
+            # Analysis-scale pixels to the original's: the analysis scale keeps the aspect ratio.
+            scale = min(sizes[i]) / min(grays[i].shape)
+            out[i] = {"blur_kind": kind, "blur_kind_probability": probability,
+                      "motion_angle": float(est.angle[k]) if kind == "motion" else None,
+                      "blur_extent_px": float(est.extent[k]) * scale}
+        return out

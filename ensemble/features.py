@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cnn import EMBED_DIM
-from .focus import FOCUS_FEATURE_NAMES, focus_features
+from .focus import FOCUS_FEATURE_NAMES, focus_features, noise_sigma
 from .patches import PATCH_SIZE, PatchGrid, extract_patches, scored_patches
 
 PatchScorer = Callable[[np.ndarray], np.ndarray]
@@ -60,7 +60,8 @@ def batch_features(
     Returns the float32 (N, len(FEATURE_NAMES)) matrix, each image's PatchGrid and its float32 patch probabilities
     (NaN for patches not run: see patches.scored_patches).
     """
-    grids = [extract_patches(g, patch_size) for g in grays]
+    noises = [noise_sigma(g) for g in grays]
+    grids = [extract_patches(g, patch_size, noise=n) for g, n in zip(grays, noises)]
     chosen = [scored_patches(gr) for gr in grids]
     batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
     scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros((0, 1 + EMBED_DIM), np.float32)
@@ -76,18 +77,22 @@ def batch_features(
         embeds.append(embed_summary(scores[start:end, 1:]))
         start = end
         probs.append(p)
-    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g), e])
-             for g, gr, p, e in zip(grays, grids, probs, embeds)]
+    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g, n), e])
+             for g, n, gr, p, e in zip(grays, noises, grids, probs, embeds)]
     return np.asarray(feats, dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES)), grids, probs
 
 
 def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None,
-                   patch_size: int = PATCH_SIZE) -> np.ndarray:
+                   patch_size: int = PATCH_SIZE, transform: Callable[[np.ndarray], np.ndarray] | None = None
+                   ) -> np.ndarray:
     """batch_features over many images in chunks of ``batch`` → float32 (N, len(FEATURE_NAMES)).
 
-    ``progress`` optionally wraps the range of chunk starts (for example a tqdm partial).
+    ``progress`` optionally wraps the range of chunk starts (for example a tqdm partial). ``transform``, if given,
+    changes each image just before its features are computed (one chunk at a time, so a perturbed copy of a large
+    set is never held whole).
     """
     starts = range(0, len(grays), batch)
     starts = progress(starts) if progress else starts
-    parts = [batch_features(grays[s : s + batch], scorer, patch_size)[0] for s in starts]
+    parts = [batch_features([transform(g) for g in grays[s : s + batch]] if transform else grays[s : s + batch],
+                            scorer, patch_size)[0] for s in starts]
     return np.concatenate(parts) if parts else np.zeros((0, len(FEATURE_NAMES)), np.float32)

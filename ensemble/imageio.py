@@ -111,12 +111,14 @@ class Decoded:
     """A decoded image at the analysis scale.
 
     ``pixels`` is uint8, (H, W) for grey or (H, W, 3) RGB. ``width`` and ``height`` are the original size in pixels
-    after EXIF orientation.
+    after EXIF orientation. ``draft`` is the scale 1/d (d = 1, 2, 4 or 8) libjpeg decoded a JPEG at before the area
+    resize (1 for anything decoded at full size): noise.original_noise_sigma needs it.
     """
 
     pixels: np.ndarray
     width: int
     height: int
+    draft: int = 1
 
 
 def analysis_size(width: int, height: int, side: int = ANALYSIS_SIDE) -> tuple[int, int]:
@@ -633,6 +635,7 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int)
     _quiet_pillow()
     img = _open(path, max_pixels)
     cost = None
+    draft = 1
     try:
         jpeg = _check_jpeg(path, img) if img.format in ("JPEG", "MPO") else None
         # Orientation is asked twice. Before the load, for the reported size: Pillow's TIFF loader turns the
@@ -644,6 +647,7 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int)
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far faster than a full decode, still >= side.
             target_w, target_h = analysis_size(img.width, img.height, side)
             img.draft(mode if mode in ("L", "RGB") else None, (target_w, target_h))
+            draft = next((d for d in (1, 2, 4, 8) if -(-width // d) == img.width), 1)
         cost = decode_cost(img, mode, side, (width, height), os.stat(path).st_size, jpeg,
                            _png_text_bytes(path) if img.format == "PNG" else 0)
         if cost.total > budget:
@@ -672,7 +676,7 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int)
             _give_memory_back()
     if orient in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(np.ascontiguousarray(pixels), width, height)
+    return Decoded(np.ascontiguousarray(pixels), width, height, draft)
 
 
 def resize_to_analysis(pixels: np.ndarray, side: int = ANALYSIS_SIDE) -> np.ndarray:

@@ -39,9 +39,12 @@ class PatchGrid:
         return self.patches.shape[1]
 
 
-def extract_patches(gray: np.ndarray, size: int = PATCH_SIZE, min_std: float = MIN_TEXTURE_STD) -> PatchGrid:
+def extract_patches(gray: np.ndarray, size: int = PATCH_SIZE, min_std: float = MIN_TEXTURE_STD,
+                    noise: float = 0.0) -> PatchGrid:
     """All non-overlapping ``size`` × ``size`` patches of a uint8 (H, W) image.
 
+    ``noise``: the image's noise σ (grey levels, focus.noise_sigma). It is taken out of each patch's spread before
+    the texture test, so that grain on a wall or the sky does not make it a patch worth judging.
     An image smaller than one patch is padded by edge replication so that it still yields one patch.
     """
     h, w = gray.shape
@@ -53,7 +56,8 @@ def extract_patches(gray: np.ndarray, size: int = PATCH_SIZE, min_std: float = M
     block = gray[y0 : y0 + rows * size, x0 : x0 + cols * size]
     patches = block.reshape(rows, size, cols, size).swapaxes(1, 2).reshape(rows * cols, size, size)
     std = patches.reshape(len(patches), -1).std(axis=1).astype(np.float32)
-    return PatchGrid(np.ascontiguousarray(patches), rows, cols, (y0, x0), std >= min_std, std)
+    detail = np.sqrt(np.maximum(std.astype(np.float64) ** 2 - float(noise) ** 2, 0.0))
+    return PatchGrid(np.ascontiguousarray(patches), rows, cols, (y0, x0), detail >= min_std, std)
 
 
 def scored_patches(grid: PatchGrid, limit: int = MAX_SCORED) -> np.ndarray:

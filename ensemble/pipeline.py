@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import datasets
-from .detector import CNN_DIR, META_DIR, BlurDetector, default_model_root
+from .camera_effects import random_camera
+from .detector import META_DIR, BlurDetector, default_model_root
 from .features import FEATURE_NAMES, feature_matrix
 from .focus import laplacian_variance
 from .fsutil import atomic_write
@@ -134,11 +135,13 @@ def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int = 128,
                     learning_rate: float = 2e-3, patches_per_image: int = 16, synthetic_blur: bool = True,
                     meta_fraction: float = 0.0, patience: int = 5, seed: int = 0, verbose: int = 2,
-                    patch_size: int = PATCH_SIZE, on_epoch=None, width: float = 1.0) -> dict:
+                    patch_size: int = PATCH_SIZE, on_epoch=None, width: float = 1.0,
+                    camera_effects: bool = True) -> dict:
     """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json.
 
     ``patch_size``: side of the square patches in analysis-scale pixels (recorded in cnn.json, and used by the
     meta-network stage and the detector). ``width`` scales the CNN's filter counts (see cnn.build_cnn).
+    ``camera_effects``: augment the patches with noise, exposure and JPEG (cnn.make_dataset).
     ``on_epoch(epoch, logs)`` is called after each epoch (progress reports).
     """
     import tensorflow as tf
@@ -158,7 +161,7 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
                                                           patches_per_image, False, seed + 1, patch_size)
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose,
-                                  on_epoch, width)
+                                  on_epoch, width, camera_effects)
     export_onnx(scoring_model(model), out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = {} if val is None else model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
@@ -172,7 +175,8 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
                     "val": 0 if val is None else int(len(val.y))},
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                             "patches_per_image": patches_per_image, "synthetic_blur": synthetic_blur,
-                            "patience": patience, "patch_size": int(train.x.shape[1]), "width": width},
+                            "patience": patience, "patch_size": int(train.x.shape[1]), "width": width,
+                            "camera_effects": camera_effects},
         "epochs_run": epochs_run,
         "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
         "devices": gpus or ["CPU"], "params": int(model.count_params()),
@@ -190,7 +194,7 @@ def _xy(patches):
 def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, folds: int = 5,
                      max_epochs: int = 400, patience: int = 40, hidden: tuple[int, ...] = (32, 16),
                      dropout: float = 0.2, l2: float = 1e-3, learning_rate: float = 3e-3, seed: int = 0,
-                     progress: bool = True, members: int = 5) -> dict:
+                     progress: bool = True, members: int = 5, camera_copies: int = 2) -> dict:
     """Train the meta-network; write final_model/meta.keras, meta.onnx and metadata.json (fingerprint, counts,
     hyper-parameters, validation metrics, thresholds, versions).
 
@@ -200,6 +204,11 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     did not (the default), the folds cover every image. The CNN's outputs on its own photos look like its outputs
     on new ones (see README, "How the meta-network is trained"). ``members`` networks with seeds ``seed``,
     ``seed + 1``, … are trained this way and averaged (meta.fit_bag).
+
+    ``camera_copies``: besides each image as it is, the network learns from that many copies with random camera
+    effects (noise, exposure, noise reduction, JPEG: camera_effects.random_camera), with the image's label. A copy
+    stays in its image's fold, so no scene is on both sides. The calibration is fitted on all out-of-fold rows;
+    ``validation_metrics`` are those of the images as they are, ``camera_validation_metrics`` of the copies.
     """
     from .meta import fit_bag
     from .runtime import OnnxModel, export_onnx
@@ -222,11 +231,18 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     patch_size = int(cnn_info["hyperparameters"].get("patch_size", PATCH_SIZE))
     x_all = feature_matrix(data.images, cnn, progress=_bar("features", progress), patch_size=patch_size)
     x = x_all[idx]
+    copies = [feature_matrix(data.images, cnn, progress=_bar(f"camera copy {k + 1}", progress),
+                             patch_size=patch_size, transform=partial(random_camera, rng=np.random.default_rng(
+                                 [seed % 2**32, 25, k])))
+              for k in range(camera_copies)]
+    n = len(data)
     scenes = [data.meta[i]["scene"] for i in idx]
     fold_idx = [(np.concatenate([idx[tr], cnn_idx]), idx[va])
                 for tr, va in datasets.scene_folds(scenes, folds, seed, labels=y)]
-    fit = fit_bag(x_all, y_all, fold_idx, members, seed, max_epochs=max_epochs, patience=patience,
-                  learning_rate=learning_rate, hidden=hidden, dropout=dropout, l2=l2)
+    rows = lambda images: np.concatenate([images + k * n for k in range(1 + camera_copies)])  # noqa: E731
+    fit = fit_bag(np.concatenate([x_all, *copies]), np.tile(y_all, 1 + camera_copies),
+                  [(rows(tr), rows(va)) for tr, va in fold_idx], members, seed, max_epochs=max_epochs,
+                  patience=patience, learning_rate=learning_rate, hidden=hidden, dropout=dropout, l2=l2)
     fit.model.save(out_dir / "meta.keras")
     export_onnx(fit.model, out_dir / "meta.onnx")
 
@@ -239,6 +255,10 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     threshold = 0.5
     oof = fit.oof_probability[idx]
     val = classification_report(y, oof, oof >= threshold)
+    camera_val = None
+    if camera_copies:
+        copy_oof = fit.oof_probability[np.concatenate([idx + k * n for k in range(1, 1 + camera_copies)])]
+        camera_val = classification_report(np.tile(y, camera_copies), copy_oof, copy_oof >= threshold)
     metadata = {
         "name": out_dir.name if out_dir.name != META_DIR else "shipped",
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -255,16 +275,19 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
                 "meta_fraction": cnn_info["meta_fraction"]},
         "meta": {"folds": folds, "max_epochs": max_epochs, "patience": patience, "hidden": list(hidden),
                  "dropout": dropout, "l2": l2, "learning_rate": learning_rate, "seed": seed, "members": members,
+                 "camera_copies": camera_copies,
                  "bag": [{"seed": seed + k, "epochs": m.epochs, "fold_epochs": m.fold_epochs,
                           "calibration_platt": list(m.calibration)} for k, m in enumerate(fit.members)]},
         "baselines": {"laplacian_threshold": lap_threshold, "cnn_threshold": cnn_threshold},
         "validation_metrics": _round(val),
+        "camera_validation_metrics": None if camera_val is None else _round(camera_val),
         "versions": _versions(),
     }
     atomic_write(out_dir / "metadata.json", json.dumps(metadata, indent=1))
     return {"stage": "train", "out": str(out_dir), "meta_images": int(len(data)), "validated_on": int(len(idx)),
             "members": members, "epochs": [m.epochs for m in fit.members],
             "validation": metadata["validation_metrics"],
+            "camera_validation": metadata["camera_validation_metrics"],
             "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
 
 
@@ -300,6 +323,111 @@ def _record_test_metrics(model_root: Path, entry: dict) -> str | None:
 
 def _round(report: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}
+
+
+# -- stage 4b: the kind head ---------------------------------------------------------------------------------------
+KIND_EVAL_SEED = 2100
+"""Seed of the synthetic blur test.py puts on the held-out sharp photos (fixed, so every model meets the same)."""
+
+
+def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4, camera_share: float = 0.5,
+                     folds: int = 3, max_epochs: int = 300, patience: int = 30, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Train the kind head (blur kind, extent, motion angle: ensemble.blur_kind); write ``out_dir``/kind.onnx and
+    kind.json. It needs neither the CNN nor the meta-network, so it can run alone on an existing model folder
+    (``train.py --kind-only``).
+
+    Its rows: ``copies`` synthetic blurs (defocus, Gaussian, motion of known radius, length and angle) of every
+    sharp training photo, each followed by random camera effects with probability ``camera_share``, plus the
+    photos whose class folder names their kind (``defocused_blurred/``, ``motion_blurred/``). The figures in
+    kind.json are out-of-fold over ``folds`` scene folds; the shipped heads then train on every row.
+    """
+    from .blur_kind import KIND_FEATURE_NAMES, KIND_INFO, KIND_MODEL
+    from .kind_training import (ANGLE_MIN_LENGTH, DEFOCUS_RADIUS, GAUSSIAN_SIGMA, KIND_SHARES, MOTION_LENGTH,
+                                VISIBLE, KindRows, fit_kind_head, real_rows, synthetic_rows)
+    from .runtime import OnnxModel, export_onnx
+
+    start = time.time()
+    out_dir = Path(out_dir)
+    data = datasets.load_pickle(train_pkl)
+    labels = np.asarray(data.labels)
+    scenes = [m["scene"] for m in data.meta]
+    sharp = np.flatnonzero(labels == 0)
+    if len(sharp) == 0:
+        raise datasets.DatasetError(f"{train_pkl} has no sharp photos to blur for the kind head")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    synthetic = synthetic_rows([data.images[i] for i in sharp], [scenes[i] for i in sharp], copies, seed,
+                               camera_share, progress=_bar("kind rows", progress))
+    real = real_rows(data.images, [m["source"] for m in data.meta], scenes)
+    rows = KindRows.join([synthetic, real])
+    fold_idx = list(datasets.scene_folds(list(rows.scene), folds, seed, labels=rows.kind))
+    fit = fit_kind_head(rows, fold_idx, max_epochs=max_epochs, patience=patience, seed=seed)
+    export_onnx(fit.model, out_dir / KIND_MODEL)
+    # The exported graph must answer as the Keras model does, or every scan would carry a wrong kind.
+    probe = rows.x[: min(64, len(rows))]
+    gap = float(np.abs(OnnxModel(out_dir / KIND_MODEL)(probe) - np.asarray(fit.model(probe, training=False))).max())
+    if gap > 1e-3:
+        raise RuntimeError(f"the exported kind head differs from the trained one by {gap:.2g}")
+    info = {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "feature_names": list(KIND_FEATURE_NAMES),
+        "outputs": ["p_motion", "log_extent_px", "cos_2delta", "sin_2delta"],
+        "data": {"train_pkl": portable_path(train_pkl), "fingerprint": datasets.fingerprint(data.meta),
+                 "sharp_photos": int(len(sharp)), "synthetic_rows": len(synthetic), "real_kind_rows": len(real)},
+        "synthetic": {"copies": copies, "camera_share": camera_share, "kind_shares": KIND_SHARES,
+                      "motion_length_px": list(MOTION_LENGTH), "defocus_radius_px": list(DEFOCUS_RADIUS),
+                      "gaussian_sigma_px": list(GAUSSIAN_SIGMA), "gaussian_extent": "2 sigma"},
+        "visible": VISIBLE, "angle_min_length_px": ANGLE_MIN_LENGTH,
+        "training": {"folds": folds, "max_epochs": max_epochs, "patience": patience, "seed": seed,
+                     "epochs": fit.epochs, "fold_epochs": fit.fold_epochs},
+        "validation_metrics": fit.validation,
+        "versions": _versions(),
+    }
+    atomic_write(out_dir / KIND_INFO, json.dumps(info, indent=1))
+    return {"stage": "kind head", "out": str(out_dir / KIND_MODEL), "rows": len(rows), "real_kind_rows": len(real),
+            "epochs": fit.epochs, "validation": fit.validation["all"], **_stats(start)}
+
+
+def evaluate_kind(data, detector, seed: int = KIND_EVAL_SEED, progress: bool = True) -> dict | None:
+    """test.py's kind section, or None when the model has no kind head: the kind figures (kind_training.
+    kind_metrics) on two synthetic blurs of every sharp photo of ``data`` (half with camera effects; never seen in
+    training when ``data`` is the held-out side), and on the photos whose folder names their kind."""
+    from .kind_training import kind_metrics, real_rows, synthetic_rows
+
+    if detector.kind is None:
+        return None
+    labels = np.asarray(data.labels)
+    scenes = [m["scene"] for m in data.meta]
+    sharp = np.flatnonzero(labels == 0)
+    synthetic = synthetic_rows([data.images[i] for i in sharp], [scenes[i] for i in sharp], 2, seed, 0.5,
+                               progress=_bar("kind", progress))
+    real = real_rows(data.images, [m["source"] for m in data.meta], scenes)
+    out = {}
+    for name, rows in (("synthetic", synthetic), ("synthetic_clean", synthetic.subset(~synthetic.camera)),
+                       ("synthetic_camera_effects", synthetic.subset(synthetic.camera)), ("real_kinds", real)):
+        if len(rows):
+            out[name] = kind_metrics(detector.kind(rows.x, rows.ref), rows)
+    return {"seed": seed, "sets": out} if out else None
+
+
+def format_kind(kind: dict | None) -> list[str]:
+    """test.py's kind section as Markdown lines (none when there is no kind head)."""
+    if not kind:
+        return []
+    lines = ["### blur kind (the kind head; clearly visible blur only)", "",
+             "| set | n | kind accuracy | confusion [[D→D D→M] [M→D M→M]] | angle within 15° (n) "
+             "| median angle error | extent within 1.5× (n) | median extent ratio |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+
+    def fig(v, fmt="{:.4f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for name, m in kind["sets"].items():
+        k, a, e = m["kind"], m["angle"], m["extent"]
+        lines.append(f"| {name} | {k['n']} | {fig(k['accuracy'])} | {k['confusion']} | {fig(a['within_15'])} "
+                     f"({a['n']}) | {fig(a['median_error'], '{:.1f}°')} | {fig(e['within_1_5x'])} ({e['n']}) | "
+                     f"{fig(e['median_ratio'], '{:.3f}')} |")
+    return lines + [""]
 
 
 # -- stage 5: evaluation -------------------------------------------------------------------------------------------
@@ -368,6 +496,7 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
             report["not_recorded"] = failed
         else:
             report["recorded"] = str(root / META_DIR / "metadata.json")
+    report["kind"] = evaluate_kind(data, detector, progress=progress)
     report.update(_stats(start))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -395,6 +524,7 @@ def format_report(report: dict) -> str:
         if interval:
             lines += ["", f"Ensemble ROC AUC, 95 % scene-bootstrap interval: {interval[0]:.4f}–{interval[1]:.4f}"]
         lines.append("")
+    lines += format_kind(report.get("kind"))
     if report.get("recorded"):
         lines.append(f"test figures recorded in {report['recorded']} (test_metrics)")
     elif report.get("not_recorded"):

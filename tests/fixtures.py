@@ -32,6 +32,20 @@ def require_shared(path: Path = CERTH_LABELS) -> Path:
     return path
 
 
+def require_modules(*names: str, extra: str) -> None:
+    """Import ``names`` or skip the calling test, naming the extra that installs them; under CI, fail instead
+    (``make test`` installs every extra)."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            if os.environ.get("CI"):
+                pytest.fail(f"{name} is not installed in CI ({err}): the Makefile installs the {extra!r} extra")
+            pytest.skip(f"{name} is not installed ({err}): pip install 'blur-ensemble[{extra}]'")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Images
 
@@ -254,3 +268,59 @@ def _model_missing() -> str | None:
 MODEL_MISSING = _model_missing()
 needs_model = pytest.mark.skipif(MODEL_MISSING is not None, reason=f"no trained model: {MODEL_MISSING}")
 """Marks a test that scores images with the shipped model."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kind heads
+
+
+def write_kind_head(folder: Path, p_motion: float = 0.9, extent: float = 5.0, names=None) -> Path:
+    """A stand-in kind head in ``folder`` (kind.onnx, kind.json) that answers the same for every image:
+    P(motion) ``p_motion``, ``extent`` analysis-scale pixels, no angle correction. ``names``: the feature names
+    kind.json records (default: this version's)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ensemble.blur_kind import KIND_FEATURE_NAMES, KIND_INFO, KIND_MODEL
+
+    k = len(KIND_FEATURE_NAMES)
+    weights = numpy_helper.from_array(np.zeros((k, 4), np.float32), "w")
+    bias = numpy_helper.from_array(np.array([p_motion, np.log(extent), 1.0, 0.0], np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["kind_features", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["out"])],
+        "kind", [helper.make_tensor_value_info("kind_features", TensorProto.FLOAT, ["N", k])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])], [weights, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / KIND_MODEL))
+    info = {"feature_names": list(KIND_FEATURE_NAMES if names is None else names), "stand_in": True}
+    (folder / KIND_INFO).write_text(json.dumps(info))
+    return folder
+
+
+def model_without_kind_head(root: Path) -> Path:
+    """A model folder ``root`` holding the shipped CNN and meta-network (linked) and no kind head."""
+    from ensemble.detector import CNN_DIR, META_DIR, default_model_root
+
+    shipped = default_model_root()
+    root = Path(root)
+    (root / META_DIR).mkdir(parents=True, exist_ok=True)
+    if not (root / CNN_DIR).exists():
+        (root / CNN_DIR).symlink_to(shipped / CNN_DIR, target_is_directory=True)
+    for name in ("meta.onnx", "meta.keras", "metadata.json"):
+        if (shipped / META_DIR / name).exists() and not (root / META_DIR / name).exists():
+            (root / META_DIR / name).symlink_to(shipped / META_DIR / name)
+    return root
+
+
+def model_with_kind_head(root: Path, **kind) -> Path:
+    """model_without_kind_head plus a stand-in kind head (write_kind_head's ``kind`` arguments)."""
+    from ensemble.detector import META_DIR
+
+    root = model_without_kind_head(root)
+    write_kind_head(root / META_DIR, **kind)
+    return root

@@ -28,7 +28,8 @@ from fixtures import REPO_ROOT, blur, make_photo, save_jpeg
 
 from ensemble import cli  # noqa: E402  (fixtures puts the repository on sys.path)
 
-FIELDS = ["path", "label", "blur_probability", "laplacian_var", "width", "height", "error"]
+FIELDS = ["path", "label", "blur_probability", "laplacian_var", "width", "height", "error", "blur_kind",
+          "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma"]
 
 
 from fixtures import MODEL_MISSING as MISSING, needs_model  # noqa: E402
@@ -382,7 +383,7 @@ def test_table_sorted_blurriest_first_with_summary(photos, tmp_path):
     proc = run_cli("scan", photos["pair"] / "sharp.jpg", photos["pair"] / "blurred.jpg", photos["bad"], "--output", out)
     assert proc.returncode == 1 and proc.stdout == ""
     lines = out.read_text().splitlines()
-    assert lines[0].split() == ["BLUR", "LABEL", "LAPVAR", "SIZE", "PATH"]
+    assert lines[0].split() == ["BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "PATH"]
     body, summary = lines[1:-1], lines[-1]
     scored = [ln for ln in body if not ln.lstrip().startswith("-")]
     probs = [float(ln.split()[0].rstrip("%")) for ln in scored]

@@ -80,7 +80,9 @@ def test_predict_array_result_fields(detector, photo):
     assert r.label == ("blurry" if r.blur_probability >= detector.threshold else "sharp")
     assert r.laplacian_var > 0 and (r.width, r.height) == (960, 720)
     assert r.blur_map.ndim == 2
-    assert set(r.record("x.jpg")) == {"path", "label", "blur_probability", "laplacian_var", "width", "height", "error"}
+    assert set(r.record("x.jpg")) == {"path", "label", "blur_probability", "laplacian_var", "width", "height", "error",
+                                      "blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px",
+                                      "noise_sigma"}
 
 
 def test_heavy_blur_is_called_blurry_and_sharp_is_not(detector, photo):

@@ -29,6 +29,9 @@ def test_wheel_carries_the_shipped_models_and_the_review_page(wheel_names):
                  "ensemble/review/static/review.css", "ensemble/review/static/favicon.svg",
                  "ensemble/cli.py", "ensemble/server/__init__.py", "ensemble/cameras/__init__.py"):
         assert name in names, name
+    # The kind head travels with the meta-network when the model has one (a model without it still loads).
+    for name in ("kind.onnx", "kind.json"):
+        assert ((REPO / "final_model" / name).exists()) == (f"ensemble/shipped/final_model/{name}" in names), name
     # The light install scores with ONNX Runtime; the Keras files stay in the repo for retraining.
     assert not any(n.endswith(".keras") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)

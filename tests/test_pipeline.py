@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
           "--out", "model", cwd=tmp)
     stage("train.py", "--train", "data/train.pkl", "--model", "model", "--out", "final_model", "--folds", "2",
-          "--max-epochs", "5", "--patience", "2", cwd=tmp)
+          "--max-epochs", "5", "--patience", "2", "--kind-copies", "2", "--kind-max-epochs", "3", cwd=tmp)
     return tmp
 
 
@@ -40,7 +40,7 @@ def test_stages_write_their_outputs(trained):
 
     for f in ("data/train.pkl", "data/test.pkl", "model/cnn.keras", "model/cnn.onnx", "model/training_log.csv",
               "model/training_curves.png", "final_model/meta.keras", "final_model/meta.onnx",
-              "final_model/metadata.json"):
+              "final_model/metadata.json", "final_model/kind.onnx", "final_model/kind.json"):  # kind head: by default
         assert (trained / f).exists(), f
     with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written moments ago by the pipeline
         train = pickle.load(fh)
@@ -58,6 +58,9 @@ def test_stages_write_their_outputs(trained):
     # The default keeps no scene from the CNN: it trains on every photo, and the meta-network's folds cover them all.
     assert cnn["meta_scenes"] == [] and cnn["images"]["cnn_fit"] == len(train["meta"])
     assert meta["data"]["validated_on_cnn_photos"] and meta["data"]["meta_validation_images"] == len(train["meta"])
+    # Two copies of each photo with camera effects trained the meta-network too, and were judged apart.
+    assert cnn["hyperparameters"]["camera_effects"] is True and meta["meta"]["camera_copies"] == 2
+    assert meta["camera_validation_metrics"]["n"] == 2 * meta["validation_metrics"]["n"]
 
 
 def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
@@ -67,7 +70,7 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
     stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
           "--meta-fraction", "0.4", "--out", "model_held", cwd=trained)
     stage("train.py", "--train", "data/train.pkl", "--model", "model_held", "--out", "final_held", "--folds", "2",
-          "--max-epochs", "3", "--patience", "2", "--members", "1", cwd=trained)
+          "--max-epochs", "3", "--patience", "2", "--members", "1", "--camera-copies", "0", "--no-kind", cwd=trained)
     with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written by the pipeline
         scenes = [m["scene"] for m in pickle.load(fh)["meta"]]
     cnn = json.loads((trained / "model_held/cnn.json").read_text())
@@ -79,6 +82,7 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
     meta = json.loads((trained / "final_held/metadata.json").read_text())
     assert not meta["data"]["validated_on_cnn_photos"]
     assert meta["data"]["meta_validation_images"] == cnn["images"]["meta_holdout"]
+    assert meta["meta"]["camera_copies"] == 0 and meta["camera_validation_metrics"] is None
 
 
 def test_evaluation_table_json_and_plots(trained):
@@ -93,6 +97,8 @@ def test_evaluation_table_json_and_plots(trained):
     assert sum(map(sum, cols["ensemble"]["confusion"])) == cols["ensemble"]["n"]
     for png in ("roc_all.png", "confusion_all.png", "reliability_all.png"):
         assert (trained / "reports" / png).stat().st_size > 1000
+    # The kind section: synthetic blur of the held-out sharp photos through the kind head train.py made.
+    assert "### blur kind" in out and report["kind"]["sets"]["synthetic"]["kind"]["n"] > 0
 
 
 def test_certh_evaluation_reports_each_set(trained):
@@ -135,6 +141,7 @@ def test_failed_meta_training_leaves_no_empty_output_folder(tmp_path):
     ("CNN.py", "--width", "nan"),
     ("train.py", "--hidden", "32,abc"),  # ... a ValueError traceback
     ("train.py", "--max-epochs", "0"),  # ... a KeyError traceback
+    ("train.py", "--camera-copies", "-1"),
     ("test.py", "--threshold", "2"),  # used to be accepted: every photo sharp
 ])
 def test_bad_numbers_are_usage_errors(tmp_path, script, option, value):

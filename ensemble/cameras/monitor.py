@@ -54,8 +54,12 @@ MAX_CHECK_THREADS = 256
 _RATIO_INDEX = FOCUS_FEATURE_NAMES.index("lap_ratio_1_4")
 
 RECORD_FIELDS = ("camera", "state", "previous", "since", "reason", "blur_probability", "focus", "baseline",
-                 "change", "laplacian_var", "width", "height", "frames", "url", "checked_at", "duration_s")
+                 "change", "laplacian_var", "width", "height", "blur_kind", "blur_kind_probability", "motion_angle",
+                 "blur_extent_px", "noise_sigma", "frames", "url", "checked_at", "duration_s")
 """The fields of a camera record, in output order (csv header, json keys)."""
+
+KIND_FIELDS = ("blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma")
+"""The fields a camera record shares with the scan record (docs/blur-kind.md)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,12 @@ class Check:
         """The report record (RECORD_FIELDS): plain JSON types, rounded; no credentials."""
         r = self.result
         change = self.change
+        # The kind of blur is told for a BLURRY camera (at the camera's own threshold, not the model's); the noise
+        # for every frame judged.
+        scan = dict.fromkeys(KIND_FIELDS)
+        if r is not None:
+            scan.update(r.record())
+            scan.update(_kind_fields(r) if self.state == "BLURRY" else dict.fromkeys(KIND_FIELDS[:-1]))
         return {
             "camera": self.camera.name,
             "state": self.state,
@@ -129,6 +139,7 @@ class Check:
             "laplacian_var": None if r is None else round(r.laplacian_var, 2),
             "width": None if r is None else r.width,
             "height": None if r is None else r.height,
+            **{k: scan[k] for k in KIND_FIELDS},
             "frames": self.frames,
             "url": self.camera.url,
             "checked_at": self.checked_at,
@@ -160,6 +171,15 @@ class Round:
     events: list[Event]
     started_at: str
     seconds: float
+
+
+def _kind_fields(result: "BlurResult") -> dict:
+    """The kind fields of a record, from the kind head's estimate whatever the model's own label, rounded as in
+    the scan record; None where the model has no kind head."""
+    est = result.kind_estimate or {}
+    digits = {"blur_kind_probability": 4, "motion_angle": 1, "blur_extent_px": 2}
+    return {k: (round(est[k], digits[k]) if isinstance(est.get(k), float) else est.get(k))
+            for k in KIND_FIELDS[:-1]}
 
 
 def utc_now() -> str:
@@ -236,7 +256,7 @@ def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optiona
     if not decoded:
         return None, 0, reasons[0] if reasons else "no frame"
     greys = [to_gray(d.pixels) for d, _ in decoded]
-    results = detector.predict_decoded([Decoded(g, d.width, d.height) for g, (d, _) in zip(greys, decoded)],
+    results = detector.predict_decoded([Decoded(g, d.width, d.height, d.draft) for g, (d, _) in zip(greys, decoded)],
                                        with_map=True)
     scored = [_Scored(d, g, r, focus_score(g), frame_problem(g), f)
               for g, (d, f), r in zip(greys, decoded, results)]
@@ -263,16 +283,28 @@ def _not_an_image(frame: Frame, reason: str) -> str:
 
 
 def classify(problem: Optional[str], probability: float, threshold: float, focus: float,
-             baseline: Optional[float], drop: float) -> tuple[str, str]:
-    """(state, reason) of a scored frame; see the module docstring for the rules and their order."""
+             baseline: Optional[float], drop: float, kind: Optional[str] = None,
+             angle: Optional[float] = None) -> tuple[str, str]:
+    """(state, reason) of a scored frame; see the module docstring for the rules and their order. ``kind`` and
+    ``angle`` (the frame's blur_kind and motion_angle, when known) name the likely cause in a BLURRY reason."""
     if problem:
         return "INVALID", problem
     if probability >= threshold:
-        return "BLURRY", f"blur probability {_pct(probability)} >= threshold {_pct(threshold)}"
+        verdict = f"blur probability {_pct(probability)} >= threshold {_pct(threshold)}"
+        return "BLURRY", f"{blur_cause(kind, angle)} ({verdict})" if kind else verdict
     if baseline is not None and baseline > 0 and focus < baseline * (1.0 - drop):
         return "DEGRADED", (f"focus {focus:.3g} is {_pct(1.0 - focus / baseline)} below the baseline "
                             f"{baseline:.3g} (limit {_pct(drop)})")
     return "CLEAR", ""
+
+
+def blur_cause(kind: Optional[str], angle: Optional[float] = None) -> str:
+    """What a kind of blur says about a camera: motion (with its direction on screen) is a shaking or bumped
+    camera, defocus a drifted focus or a fogged lens."""
+    if kind == "motion":
+        at = f" at {angle:.0f}°" if angle is not None else ""
+        return f"motion blur{at}: the camera is shaking or was bumped"
+    return "defocus: focus drifted or the lens is fogged"
 
 
 def _pct(x: float) -> str:
@@ -433,7 +465,9 @@ class Monitor:
         threshold = camera.threshold if camera.threshold is not None else self.settings.threshold
         drop = camera.drop if camera.drop is not None else self.settings.drop
         baseline = old.baseline(self.settings.baseline_size, self.settings.min_baseline)
-        state, reason = classify(problem, best.result.blur_probability, threshold, best.focus, baseline, drop)
+        est = best.result.kind_estimate or {}
+        state, reason = classify(problem, best.result.blur_probability, threshold, best.focus, baseline, drop,
+                                 est.get("blur_kind"), est.get("motion_angle"))
         return state, reason, best, n_frames, grabbed.position
 
 
@@ -447,6 +481,6 @@ def exit_status(checks: list[Check]) -> int:
     return 0
 
 
-__all__ = ["BLACK_LEVEL", "Check", "Event", "Monitor", "RECORD_FIELDS", "Round", "Settings", "UNIFORM_STD",
-           "classify", "decode_frame", "exit_status", "focus_score", "frame_hash", "frame_problem",
-           "score_frames", "utc_now"]
+__all__ = ["BLACK_LEVEL", "Check", "Event", "KIND_FIELDS", "Monitor", "RECORD_FIELDS", "Round", "Settings",
+           "UNIFORM_STD", "blur_cause", "classify", "decode_frame", "exit_status", "focus_score", "frame_hash",
+           "frame_problem", "score_frames", "utc_now"]

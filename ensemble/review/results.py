@@ -42,6 +42,9 @@ class Entry:
     nothing to judge (label ``flat``): it is never moved unless rejected. ``error`` is a one-line reason when it
     could not be scored;
     ``final`` marks listing errors, never sent to the model. ``gone`` entries were moved away or deleted.
+    ``kind`` ('defocus' or 'motion', with ``kind_p`` its probability), ``angle`` (screen degrees, motion only) and
+    ``extent`` (original pixels) are the kind head's estimate whatever the verdict (the page shows it for photos
+    that look blurry at its own threshold); ``noise`` is the noise σ in grey levels at the original resolution.
     """
 
     key: str
@@ -62,6 +65,11 @@ class Entry:
     model: Optional[str] = None
     seq: int = 0
     gone: bool = False
+    kind: Optional[str] = None
+    kind_p: Optional[float] = None
+    angle: Optional[float] = None
+    extent: Optional[float] = None
+    noise: Optional[float] = None
 
     @property
     def scored(self) -> bool:
@@ -82,10 +90,19 @@ class Entry:
             "w": self.width,
             "h": self.height,
             "error": self.error,
+            "kind": self.kind,
+            "kp": _round(self.kind_p, 3),
+            "ang": _round(self.angle, 0),
+            "ext": _round(self.extent, 1),
+            "noise": _round(self.noise, 2),
             "v": self.version,
             "seq": self.seq,
             "gone": self.gone,
         }
+
+
+def _round(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
 
 
 def order_key(entry: Entry) -> tuple:
@@ -189,6 +206,7 @@ class Results:
             entry.model, entry.side = model, side
             if result is None:
                 entry.error, entry.p, entry.flat = error, None, None
+                entry.kind = entry.kind_p = entry.angle = entry.extent = entry.noise = None
             else:
                 entry.error, entry.flat = None, result.flat
                 entry.p = None if result.blur_probability is None else float(result.blur_probability)
@@ -196,6 +214,10 @@ class Results:
                 entry.width, entry.height = int(result.width), int(result.height)
                 entry.blur_map = result.blur_map
                 entry.origin, entry.patch = tuple(int(v) for v in result.grid_origin), int(result.patch_size)
+                est = getattr(result, "kind_estimate", None) or {}
+                entry.kind, entry.kind_p = est.get("blur_kind"), est.get("blur_kind_probability")
+                entry.angle, entry.extent = est.get("motion_angle"), est.get("blur_extent_px")
+                entry.noise = getattr(result, "noise_sigma", None)
                 line = _line(entry)
             self._bump(entry)
         if line is not None:
@@ -245,7 +267,8 @@ def _line(entry: Entry) -> dict:
         bmap = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in np.asarray(entry.blur_map)]
     return {"path": entry.key, "size": entry.size, "mtime_ns": entry.mtime_ns, "model": entry.model,
             "p": entry.p, "flat": entry.flat, "lap": entry.lap, "w": entry.width, "h": entry.height, "map": bmap,
-            "origin": list(entry.origin), "patch": entry.patch, "side": entry.side}
+            "origin": list(entry.origin), "patch": entry.patch, "side": entry.side, "kind": entry.kind,
+            "kp": entry.kind_p, "ang": entry.angle, "ext": entry.extent, "noise": entry.noise}
 
 
 def _fill(entry: Entry, line: dict) -> None:
@@ -259,6 +282,9 @@ def _fill(entry: Entry, line: dict) -> None:
             bmap = np.zeros((0, 0), np.float32)
     entry.blur_map = bmap
     entry.origin, entry.patch, entry.side = (line["origin"][0], line["origin"][1]), line["patch"], line["side"]
+    # Lines from before the kind head have none of these: they read as unknown.
+    entry.kind, entry.kind_p, entry.angle = line.get("kind"), line.get("kp"), line.get("ang")
+    entry.extent, entry.noise = line.get("ext"), line.get("noise")
 
 
 def _is_int(v) -> bool:
@@ -281,6 +307,8 @@ def _valid(line: object) -> bool:
               and _is_num(line["lap"]) and _is_int(line["w"]) and _is_int(line["h"])
               and isinstance(line["origin"], list) and len(line["origin"]) == 2
               and all(_is_int(v) for v in line["origin"]) and _is_int(line["patch"]) and _is_int(line["side"]))
+        ok = (ok and line.get("kind") in (None, "defocus", "motion")
+              and all(line.get(k) is None or _is_num(line[k]) for k in ("kp", "ang", "ext", "noise")))
         bmap = line["map"]
         if ok and bmap is not None:
             ok = (isinstance(bmap, list) and all(isinstance(row, list) for row in bmap)

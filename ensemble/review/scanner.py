@@ -36,9 +36,12 @@ NICE = 10
 
 
 def fingerprint(detector) -> str:
-    """Short stable id of a detector's model (its metadata, which names the training run)."""
+    """Short stable id of a detector's model (its metadata, which names the training run, and its kind head's)."""
     meta = getattr(detector, "metadata", None) or {}
+    kind = getattr(getattr(detector, "kind", None), "info", None)
     text = json.dumps(meta, sort_keys=True, default=str) + f"|{getattr(detector, 'analysis_side', '')}"
+    if kind is not None:  # a model without a head keeps the fingerprint it always had
+        text += "|" + json.dumps(kind, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -122,6 +122,19 @@
     return r.p > S.t ? 'blurry' : 'sharp';
   }
 
+  /** 'motion' or 'defocus' for a photo that looks blurry (or uncertain) at the threshold and has a kind, else null. */
+  const kindOf = (r) => {
+    const v = verdict(r);
+    return (v === 'blurry' || v === 'uncertain') && (r.kind === 'motion' || r.kind === 'defocus') ? r.kind : null;
+  };
+
+  /** "motion 80° · 12 px" or "defocus · 6 px": what the kind badge and the detail view say. */
+  const kindText = (r) => {
+    const angle = r.kind === 'motion' && r.ang !== null && r.ang !== undefined ? ` ${Math.round(r.ang)}°` : '';
+    const extent = r.ext !== null && r.ext !== undefined ? ` · ${Math.round(r.ext)} px` : '';
+    return `${r.kind}${angle}${extent}`;
+  };
+
   /** Whether Apply would move it: rejected, or blurry and not kept. */
   const moves = (r) => r.o === 'reject' || (r.o !== 'keep' && verdict(r) === 'blurry');
 
@@ -129,6 +142,7 @@
     switch (S.filter) {
       case 'all': return true;
       case 'overridden': return !!r.o;
+      case 'motion': case 'defocus': return kindOf(r) === S.filter;
       default: return verdict(r) === S.filter;
     }
   }
@@ -180,6 +194,13 @@
     const pctEl = el.querySelector('.pct');
     pctEl.textContent = v === 'pending' ? 'scoring…' : v === 'error' ? 'unreadable' : v === 'flat' ? 'flat' : pct(r.p);
     el.querySelector('.badge').textContent = r.o === 'keep' ? '✓ Keep' : r.o === 'reject' ? '✕ Reject' : '';
+    const kind = kindOf(r);
+    const kb = el.querySelector('.kind-badge');
+    kb.hidden = !kind;
+    kb.className = `kind-badge${kind ? ` k-${kind}` : ''}`;
+    kb.textContent = kind ? kindText(r) : '';
+    kb.title = kind === 'motion' ? 'motion blur: the camera or the subject moved (direction on screen, length)'
+      : kind === 'defocus' ? 'defocus: missed focus or a soft lens (blur radius)' : '';
     const img = el.querySelector('.thumb');
     if (r.error) {
       el.querySelector('.problem-text').textContent = r.error;
@@ -235,12 +256,15 @@
   }
 
   function renderCounts() {
-    const c = { all: 0, sharp: 0, uncertain: 0, blurry: 0, flat: 0, error: 0, pending: 0, overridden: 0 };
+    const c = { all: 0, sharp: 0, uncertain: 0, blurry: 0, flat: 0, error: 0, pending: 0, overridden: 0, motion: 0,
+      defocus: 0 };
     let move = 0;
     for (const r of S.items.values()) {
       c.all++;
       c[verdict(r)]++;
       if (r.o) c.overridden++;
+      const kind = kindOf(r);
+      if (kind) c[kind]++;
       if (moves(r)) move++;
     }
     for (const el of document.querySelectorAll('[data-count]')) el.textContent = fmt(c[el.dataset.count]);
@@ -464,6 +488,9 @@
     else { score.append(pct(r.p)); small.textContent = 'blur probability'; }
     score.append(small);
     $('detail-verdict').textContent = v === 'pending' ? 'waiting' : v === 'error' ? r.error : v === 'flat' ? `flat: ${r.flat}` : v;
+    $('detail-kind').textContent = r.kind ? `${kindText(r)}${r.kp ? ` (${pct(r.kp)} sure)` : ''}` +
+      (kindOf(r) ? '' : ' — if it is blurry at all') : '—';
+    $('detail-noise').textContent = r.noise === null || r.noise === undefined ? '—' : `σ ${r.noise} grey levels`;
     $('detail-lap').textContent = r.lap === null || r.lap === undefined ? '—' : fmt(r.lap);
     $('detail-size').textContent = r.w ? `${fmt(r.w)} × ${fmt(r.h)}` : '—';
     $('detail-override').textContent = r.o === 'keep' ? 'keep' : r.o === 'reject' ? 'reject' : 'none';
