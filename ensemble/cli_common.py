@@ -45,26 +45,24 @@ def note_replacing_shipped(out: str, folder: str) -> None:
               flush=True)
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a count or size that must be at least 1 (0 would divide by zero or shrink to nothing)."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {'at least 1' if minimum == 1 else f'{minimum} or more'}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count or size that must be at least 1 (0 would divide by zero or shrink to nothing)."""
+    return _whole_number(text, 1)
 
 
 def count_arg(text: str) -> int:
     """argparse type for a count that may be 0 (none) but not negative."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+    return _whole_number(text, 0)
 
 
 def positive_float(text: str) -> float:

@@ -324,3 +324,11 @@ def model_with_kind_head(root: Path, **kind) -> Path:
     root = model_without_kind_head(root)
     write_kind_head(root / META_DIR, **kind)
     return root
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child a test will interrupt: a test run started in the background (``make test &``) hands
+    its children an ignored SIGINT, which Python then keeps, so Ctrl-C would never reach the child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from camera_server import CameraServer, closed_port
-from fixtures import REPO_ROOT, make_photo
+from fixtures import REPO_ROOT, default_sigint, make_photo
 
 from ensemble.cameras import grab as grab_module
 from ensemble.cameras.config import Camera, ConfigError, Secret, load_config, redact_url
@@ -661,7 +661,7 @@ def run_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
 def popen_cli(*args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **SECRET_ENV)
     return subprocess.Popen([sys.executable, "-m", "ensemble", "cameras", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
 
 
 def test_config_and_usage_errors_exit_3(tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import REPO_ROOT, blur, make_photo, save_jpeg
+from fixtures import REPO_ROOT, blur, default_sigint, make_photo, save_jpeg
 
 from ensemble import cli  # noqa: E402  (fixtures puts the repository on sys.path)
 
@@ -642,7 +642,8 @@ def test_ctrl_c_keeps_written_lines_and_exits_130(photos, tmp_path):
     out = tmp_path / "partial.jsonl"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "ensemble", "scan", folder, "--format", "jsonl", "--output", out,
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
         time.sleep(0.05)
