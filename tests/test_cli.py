@@ -32,7 +32,7 @@ FIELDS = ["path", "label", "blur_probability", "laplacian_var", "width", "height
           "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma"]
 
 
-from fixtures import MODEL_MISSING as MISSING, needs_model  # noqa: E402
+from fixtures import needs_model  # noqa: E402
 
 
 def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
