@@ -63,12 +63,11 @@ def score(detector, images, change: str, level: float, seed: int):
     import numpy as np
 
     from ensemble.camera_effects import PERTURBATIONS
-    from ensemble.features import FEATURE_NAMES, LAPVAR_INDEX
+    from ensemble.features import FEATURE_NAMES, LAPVAR_INDEX, feature_matrix
 
     rng = np.random.default_rng([seed, len(change), int(level * 100)])
-    change_one = (lambda g: g) if change == "none" else (lambda g: PERTURBATIONS[change][0](g, level, rng))
-    feats = np.concatenate([detector.features([change_one(g) for g in images[s : s + 32]])[0]
-                            for s in range(0, len(images), 32)])
+    transform = None if change == "none" else (lambda g: PERTURBATIONS[change][0](g, level, rng))
+    feats = feature_matrix(images, detector.cnn, patch_size=detector.patch_size, transform=transform)
     return (np.clip(detector.meta(feats), 0, 1), feats[:, FEATURE_NAMES.index("cnn_mean")],
             np.expm1(feats[:, LAPVAR_INDEX]))
 

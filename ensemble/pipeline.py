@@ -239,7 +239,10 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     scenes = [data.meta[i]["scene"] for i in idx]
     fold_idx = [(np.concatenate([idx[tr], cnn_idx]), idx[va])
                 for tr, va in datasets.scene_folds(scenes, folds, seed, labels=y)]
-    rows = lambda images: np.concatenate([images + k * n for k in range(1 + camera_copies)])  # noqa: E731
+
+    def rows(images: np.ndarray) -> np.ndarray:  # an image's row and the rows of its camera copies
+        return np.concatenate([images + k * n for k in range(1 + camera_copies)])
+
     fit = fit_bag(np.concatenate([x_all, *copies]), np.tile(y_all, 1 + camera_copies),
                   [(rows(tr), rows(va)) for tr, va in fold_idx], members, seed, max_epochs=max_epochs,
                   patience=patience, learning_rate=learning_rate, hidden=hidden, dropout=dropout, l2=l2)
@@ -257,7 +260,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     val = classification_report(y, oof, oof >= threshold)
     camera_val = None
     if camera_copies:
-        copy_oof = fit.oof_probability[np.concatenate([idx + k * n for k in range(1, 1 + camera_copies)])]
+        copy_oof = fit.oof_probability[rows(idx)[len(idx):]]
         camera_val = classification_report(np.tile(y, camera_copies), copy_oof, copy_oof >= threshold)
     metadata = {
         "name": out_dir.name if out_dir.name != META_DIR else "shipped",
