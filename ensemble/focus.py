@@ -62,6 +62,34 @@ def no_detail(gray: np.ndarray, what: str = "picture") -> str | None:
     return None
 
 
+def _noise_blocks(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Immerkær's mean |residual| and the mean grey level of each NOISE_BLOCK-pixel block of ``gray``: two (n,)."""
+    b = min(NOISE_BLOCK, max(1, (min(gray.shape) - 2) // 2))  # at least 4 blocks in a small image
+    rows, cols = (gray.shape[0] - 2) // b, (gray.shape[1] - 2) // b
+    inner = (slice(1, 1 + rows * b), slice(1, 1 + cols * b))  # the operator's border row and column left out
+    r = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[inner])
+    blocks = r.reshape(rows, b, cols, b).sum(axis=(1, 3)).ravel() / (b * b)
+    ii = cv2.integral(gray[inner])[::b, ::b]  # block sums of the grey levels from an integral image: the cheapest
+    means = (ii[1:, 1:] - ii[:-1, 1:] - ii[1:, :-1] + ii[:-1, :-1]).ravel() / (b * b)
+    return blocks, means
+
+
+def _sigma_of_blocks(blocks: np.ndarray, means: np.ndarray, min_blocks: int = 4) -> float | None:
+    """The NOISE_QUANTILE-th block's σ, leaving out blocks near black or white, where clipping hides the noise:
+    first those within 8 grey levels, then within 2.5 σ of the first estimate. None when fewer than
+    ``min_blocks`` blocks are left and ``min_blocks`` > 4 (a small image below 4 falls back to all its blocks)."""
+    sigma = 0.0
+    for first in (True, False):
+        margin = 8.0 if first else max(8.0, 2.5 * sigma)
+        ok = (means > margin) & (means < 255.0 - margin)
+        if ok.sum() < min_blocks and min_blocks > 4:
+            return None
+        vals = blocks[ok] if ok.sum() >= 4 else blocks
+        # mean |r| of white noise of σ 1 through this kernel is 6 · sqrt(2 / π)
+        sigma = float(np.sqrt(np.pi / 2) * np.quantile(vals, NOISE_QUANTILE) / 6.0)
+    return sigma
+
+
 def noise_sigma(gray: np.ndarray) -> float:
     """Standard deviation of the image's noise in grey levels, at the resolution given.
 
@@ -73,21 +101,17 @@ def noise_sigma(gray: np.ndarray) -> float:
     """
     if min(gray.shape) < 3:
         return 0.0
-    b = min(NOISE_BLOCK, max(1, (min(gray.shape) - 2) // 2))  # at least 4 blocks in a small image
-    rows, cols = (gray.shape[0] - 2) // b, (gray.shape[1] - 2) // b
-    inner = (slice(1, 1 + rows * b), slice(1, 1 + cols * b))  # the operator's border row and column left out
-    r = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[inner])
-    blocks = r.reshape(rows, b, cols, b).sum(axis=(1, 3)).ravel() / (b * b)
-    ii = cv2.integral(gray[inner])[::b, ::b]  # block sums of the grey levels from an integral image: the cheapest
-    means = (ii[1:, 1:] - ii[:-1, 1:] - ii[1:, :-1] + ii[:-1, :-1]).ravel() / (b * b)
-    sigma = 0.0
-    for first in (True, False):
-        margin = 8.0 if first else max(8.0, 2.5 * sigma)
-        ok = (means > margin) & (means < 255.0 - margin)
-        vals = blocks[ok] if ok.sum() >= 4 else blocks
-        # mean |r| of white noise of σ 1 through this kernel is 6 · sqrt(2 / π)
-        sigma = float(np.sqrt(np.pi / 2) * np.quantile(vals, NOISE_QUANTILE) / 6.0)
-    return sigma
+    return _sigma_of_blocks(*_noise_blocks(gray))
+
+
+def noise_sigma_of_bands(bands, min_blocks: int = 16) -> float | None:
+    """noise_sigma over the blocks of several uint8 (rows, W) grey bands together (strips of one image at its own
+    resolution), or None when the bands hold fewer than ``min_blocks`` unclipped blocks to judge from."""
+    stats = [_noise_blocks(b) for b in bands if min(b.shape) >= 2 * NOISE_BLOCK + 2]
+    if not stats:
+        return None
+    return _sigma_of_blocks(np.concatenate([s[0] for s in stats]), np.concatenate([s[1] for s in stats]),
+                            max(min_blocks, 5))
 
 
 def laplacian_variance(gray: np.ndarray) -> float:

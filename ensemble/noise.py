@@ -15,8 +15,11 @@ detail (see docs/blur-kind.md for the measured accuracy).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
+
+from .focus import noise_sigma_of_bands
 
 ROUNDING_VARIANCE = 1.0 / 12.0
 """Variance (grey levels²) of the error of rounding to whole grey levels: uniform over one level."""
@@ -61,4 +64,19 @@ def original_noise_sigma(sigma: float, original: tuple[int, int], analysis: tupl
     return float(np.sqrt(max(sigma**2 - rounding, 0.0)) * draft / area)
 
 
-__all__ = ["ROUNDING_VARIANCE", "area_noise_gain", "original_noise_sigma"]
+def image_noise_sigma(sigma: float, original: tuple[int, int], analysis: tuple[int, int], draft: int = 1,
+                      native: Sequence[np.ndarray] = ()) -> float:
+    """The record's ``noise_sigma``: σ of the noise in grey levels at the original resolution.
+
+    ``sigma``, ``original``, ``analysis`` and ``draft`` as for :func:`original_noise_sigma`; ``native`` the
+    full-resolution grey strips the decode kept (imageio.Decoded.native). Texture only ever raises a noise estimate,
+    and the two estimates are raised by different texture: at the analysis scale a photo's detail is packed tight
+    and can hide low noise; in a strip at full size the noise is at full strength beside detail that is spread
+    over more pixels, but the strip sees only part of the frame. So the lower of the two is given.
+    """
+    converted = original_noise_sigma(sigma, original, analysis, draft)
+    at_full = noise_sigma_of_bands(native) if len(native) else None
+    return converted if at_full is None else min(converted, at_full)
+
+
+__all__ = ["ROUNDING_VARIANCE", "area_noise_gain", "image_noise_sigma", "original_noise_sigma"]

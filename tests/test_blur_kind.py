@@ -17,9 +17,9 @@ from fixtures import (blur, make_photo, model_with_kind_head, model_without_kind
 from ensemble.augment import apply_blur, motion_kernel  # noqa: E402  (fixtures puts the repository on sys.path)
 from ensemble.blur_kind import KIND_FEATURE_NAMES, KindHead, direction_angle, kind_features, screen_angle  # noqa: E402
 from ensemble.focus import noise_sigma  # noqa: E402
-from ensemble.imageio import load_image  # noqa: E402
+from ensemble.imageio import NATIVE_BAND_ROWS, decoded_array, load_image  # noqa: E402
 from ensemble.kind_training import angle_error  # noqa: E402
-from ensemble.noise import area_noise_gain, original_noise_sigma  # noqa: E402
+from ensemble.noise import area_noise_gain, image_noise_sigma, original_noise_sigma  # noqa: E402
 
 
 def grey(seed: int, size=(240, 320)) -> np.ndarray:
@@ -105,6 +105,65 @@ def test_noise_sigma_at_the_original_resolution(tmp_path, suffix):
     at_analysis = noise_sigma(dec.pixels)
     sigma = original_noise_sigma(at_analysis, (dec.width, dec.height), dec.pixels.shape[::-1], dec.draft)
     assert at_analysis < 4 and sigma == pytest.approx(10, rel=0.2)
+
+
+def package_mosaic(width: int, height: int, first: int) -> np.ndarray:
+    """scikit-image's photos and textures side by side at their own resolution: full-size texture everywhere."""
+    from skimage import data
+
+    tiles = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im
+             for im in (getattr(data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick",
+                                                     "grass", "gravel"))]
+    out, y, k = np.zeros((height, width), np.float32), 0, first
+    while y < height:
+        x, row = 0, height
+        while x < width:
+            t = tiles[k % len(tiles)]
+            k += 1
+            th, tw = min(t.shape[0], height - y), min(t.shape[1], width - x)
+            out[y:y + th, x:x + tw] = t[:th, :tw]
+            x, row = x + tw, min(row, th)
+        y += row
+    return out
+
+
+@pytest.mark.parametrize("suffix,sigma", [(".jpg", 3.0), (".png", 3.0), (".jpg", 8.0)])
+def test_noise_is_not_fooled_by_texture_at_full_size(tmp_path, suffix, sigma):
+    """Photos at their own resolution, tiled to 2400 × 1800: at the analysis scale their texture hides σ 3 (the
+    scaled estimate alone is more than 1.5 × too high); the full-resolution strips of the decode find it."""
+    rng = np.random.default_rng(int(sigma))
+    big = package_mosaic(2400, 1800, first=int(sigma) % 8)
+    noisy = np.clip(np.rint(big + sigma * rng.standard_normal(big.shape)), 0, 255).astype(np.uint8)
+    path = tmp_path / f"noisy{suffix}"
+    Image.fromarray(noisy).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    dec = load_image(path, "L", native=True)
+    assert dec.native and all(b.shape[1] == 2400 for b in dec.native)
+    args = (noise_sigma(dec.pixels), (dec.width, dec.height), dec.pixels.shape[::-1], dec.draft)
+    if sigma == 3.0:
+        assert original_noise_sigma(*args) > 1.5 * sigma
+    assert image_noise_sigma(*args, dec.native) == pytest.approx(sigma, rel=0.2)
+
+
+def test_the_strip_of_a_drafted_jpeg_is_its_top_rows_at_full_size(tmp_path):
+    img = cv2.resize(grey(3), (2600, 1900), interpolation=cv2.INTER_CUBIC)
+    path = save_jpeg(tmp_path / "a.jpg", img, quality=92)
+    dec, full = load_image(path, "L", native=True), load_image(path, "L", side=None, native=True)
+    assert dec.draft == 2 and len(dec.native) == 1
+    assert np.array_equal(dec.native[0], full.pixels[:NATIVE_BAND_ROWS])
+    assert full.native == () and load_image(save_jpeg(tmp_path / "s.jpg", grey(3)), "L", native=True).native == ()
+    assert load_image(path, "L").native == ()  # only when asked: thumbnails and datasets need no strips
+
+
+def test_a_progressive_jpeg_keeps_no_strip_and_an_array_keeps_three(tmp_path):
+    img = cv2.resize(grey(4), (2600, 1900))
+    path = tmp_path / "p.jpg"
+    Image.fromarray(img).save(path, quality=90, progressive=True)
+    dec = load_image(path, "L", native=True)
+    assert dec.draft == 2 and dec.native == ()  # libjpeg would read the whole file for the strip
+    arr = decoded_array(img)
+    assert len(arr.native) == 3 and arr.native[0].shape == (NATIVE_BAND_ROWS, 2600)
+    assert np.array_equal(arr.native[2], img[-NATIVE_BAND_ROWS:])
+    assert decoded_array(img, size=(5200, 3800)).native == ()  # already reduced: no strip is at full size
 
 
 def test_noise_sigma_is_unchanged_without_a_resize():

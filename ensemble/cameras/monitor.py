@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from ..focus import FOCUS_FEATURE_NAMES, UNIFORM_STD, focus_features, no_detail
-from ..imageio import Decoded, ImageError, load_image, resize_to_analysis, to_gray
+from ..imageio import Decoded, ImageError, decoded_array, load_image, to_gray
 from ..scan import default_workers, one_line
 from .config import Camera, scrub
 from .grab import Cancelled, Frame, Grab, Grabbed
@@ -218,14 +218,12 @@ def decode_frame(frame: Frame, side: int) -> Decoded:
     cap), from a private temporary file. Raises ImageError with a one-line reason.
     """
     if frame.pixels is not None:
-        pixels = np.asarray(frame.pixels)
-        width, height = frame.size or (pixels.shape[1], pixels.shape[0])
-        return Decoded(np.ascontiguousarray(resize_to_analysis(pixels, side)), width, height)
+        return decoded_array(np.asarray(frame.pixels), side, frame.size)
     fd, tmp = tempfile.mkstemp(prefix="blur-detect-frame-", suffix=".img")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(frame.data)
-        return load_image(tmp, "RGB", side)
+        return load_image(tmp, "RGB", side, native=True)
     finally:
         os.unlink(tmp)
 
@@ -256,8 +254,7 @@ def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optiona
     if not decoded:
         return None, 0, reasons[0] if reasons else "no frame"
     greys = [to_gray(d.pixels) for d, _ in decoded]
-    results = detector.predict_decoded([Decoded(g, d.width, d.height, d.draft) for g, (d, _) in zip(greys, decoded)],
-                                       with_map=True)
+    results = detector.predict_decoded([replace(d, pixels=g) for g, (d, _) in zip(greys, decoded)], with_map=True)
     scored = [_Scored(d, g, r, focus_score(g), frame_problem(g), f)
               for g, (d, f), r in zip(greys, decoded, results)]
     usable = [s for s in scored if s.problem is None] or scored
