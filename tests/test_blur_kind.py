@@ -144,6 +144,31 @@ def test_noise_is_not_fooled_by_texture_at_full_size(tmp_path, suffix, sigma):
     assert image_noise_sigma(*args, dec.native) == pytest.approx(sigma, rel=0.2)
 
 
+@pytest.mark.parametrize("sigma", [3.0, 10.0, 20.0])
+def test_the_strip_estimate_is_unbiased_on_white_noise(sigma):
+    from ensemble.focus import noise_sigma_of_bands
+
+    rng = np.random.default_rng(int(sigma) + 7)
+    strips = [np.clip(np.rint(100 + sigma * rng.standard_normal((NATIVE_BAND_ROWS, 2000))), 0, 255).astype(np.uint8)
+              for _ in range(2)]
+    assert noise_sigma_of_bands(strips) == pytest.approx(sigma, rel=0.03)
+    assert noise_sigma_of_bands([np.full((NATIVE_BAND_ROWS, 2000), 255, np.uint8)]) is None  # clipped: no verdict
+
+
+@needs_model
+def test_the_record_gives_the_noise_at_full_size(tmp_path):
+    """End to end: BlurDetector.predict_path and predict_array on a textured 2400 × 1800 photo with σ 3 added."""
+    from ensemble import BlurDetector
+
+    rng = np.random.default_rng(5)
+    noisy = np.clip(np.rint(package_mosaic(2400, 1800, 5) + 3 * rng.standard_normal((1800, 2400))), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    detector = BlurDetector.load()
+    on_file = detector.predict_path(save_jpeg(tmp_path / "n.jpg", noisy, quality=95), with_map=False)
+    on_array = detector.predict_array(noisy, with_map=False)
+    assert on_file.noise_sigma == pytest.approx(3, rel=0.2) and on_array.noise_sigma == pytest.approx(3, rel=0.2)
+
+
 def test_the_strip_of_a_drafted_jpeg_is_its_top_rows_at_full_size(tmp_path):
     img = cv2.resize(grey(3), (2600, 1900), interpolation=cv2.INTER_CUBIC)
     path = save_jpeg(tmp_path / "a.jpg", img, quality=92)
