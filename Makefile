@@ -14,7 +14,7 @@ help:           ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e ".[train,serve,cameras,test,ray]"
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[train,serve,cameras,test,ray,track]"
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install everything (pinned by requirements.lock)

@@ -5,7 +5,7 @@ Prints accuracy, balanced accuracy, precision and recall for blurry, ROC AUC, ex
 confusion matrices, one table per set (CERTH: NaturalBlurSet and DigitalBlurSet apart). Saves ROC,
 confusion-matrix and reliability-diagram PNGs. Thresholds come from training, never from the test data.
 """
-from ensemble.cli_common import in_repo, probability_arg, run_stage, stage_parser
+from ensemble.cli_common import add_mlflow_arg, in_repo, probability_arg, run_stage, stage_parser, stage_tracker
 
 
 def main(argv=None):
@@ -17,11 +17,13 @@ def main(argv=None):
     p.add_argument("--threshold", type=probability_arg, default=None,
                    help="ensemble threshold, 0-1 or a percentage (default: metadata.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_mlflow_arg(p)
     a = p.parse_args(argv)
+    track = stage_tracker(p, a)
     from ensemble.pipeline import evaluate_stage, format_report
 
     return run_stage(evaluate_stage, a.test, a.models, a.plots, a.json, a.threshold, not a.quiet,
-                     formatter=format_report)
+                     formatter=format_report, track=track)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ scenes CNN.py --meta-fraction kept away from the CNN. Several such networks, one
 averaged into the one shipped model. Then the kind head (defocus or motion, the blur's extent, the motion's angle)
 is trained into final_model/kind.onnx; --kind-only trains only that, beside an existing meta-network.
 """
-from ensemble.cli_common import (count_arg, in_repo, note_replacing_shipped, positive_float, positive_int,
-                                  positive_int_list, run_stage, stage_parser)
+from ensemble.cli_common import (add_mlflow_arg, count_arg, in_repo, note_replacing_shipped, positive_float,
+                                  positive_int, positive_int_list, run_stage, stage_parser, stage_tracker)
 
 
 def main(argv=None):
@@ -39,17 +39,19 @@ def main(argv=None):
     p.add_argument("--kind-copies", type=positive_int, default=4,
                    help="synthetic blurs (defocus, Gaussian, motion) of each sharp photo the kind head learns from")
     p.add_argument("--kind-max-epochs", type=positive_int, default=300, help="epoch limit of each kind-head network")
+    add_mlflow_arg(p)
     a = p.parse_args(argv)
+    track = stage_tracker(p, a)
     note_replacing_shipped(a.out, "final_model")
     from ensemble.pipeline import train_kind_stage, train_meta_stage
 
     status = 0
     if not a.kind_only:
         status = run_stage(train_meta_stage, a.train, a.model, a.out, a.folds, a.max_epochs, a.patience, a.hidden,
-                           a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members, a.camera_copies)
+                           a.dropout, a.l2, a.lr, a.seed, not a.quiet, a.members, a.camera_copies, track=track)
     if status == 0 and not a.no_kind:
         status = run_stage(train_kind_stage, a.train, a.out, copies=a.kind_copies, max_epochs=a.kind_max_epochs,
-                           seed=a.seed, progress=not a.quiet)
+                           seed=a.seed, progress=not a.quiet, track=track)
     return status
 
 

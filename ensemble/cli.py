@@ -2,7 +2,7 @@
 
     blur-detect scan PATH... [--recursive] [--threshold P] [--format table|csv|json|jsonl] [--output FILE]
                              [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--kind K] [--dry-run]
-                             [--save-maps DIR] [--quiet]
+                             [--save-maps DIR] [--device auto|cpu|cuda] [--quiet]
     blur-detect undo JOURNAL|FOLDER... [--dry-run] [--foreign [--yes]] [--quiet]
 
 Exit status: 0 every image was scored (and every move done); 1 some image could not be read, a folder argument
@@ -188,6 +188,7 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--workers", type=positive_int, metavar="N",
                    help="images read and scored at once (default: the number of cores)")
     p.add_argument("--model", metavar="DIR", help="folder holding model/ and final_model/ (default: the shipped model)")
+    add_device_argument(p)
     sort = p.add_mutually_exclusive_group()
     sort.add_argument("--move-blurry", metavar="DIR",
                       help="move the blurry photos into DIR, keeping their paths below the folder scanned; "
@@ -200,7 +201,8 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --move-blurry/--copy-blurry: print what would be moved and change nothing")
     p.add_argument("--save-maps", metavar="DIR",
                    help="write DIR/<name>.blurmap.png per photo: the photo with its per-patch blur map laid over it")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no line per moved file")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar, no device line and no line per moved file")
     p.add_argument("--plan", metavar="OUT.parquet",
                    help="with --move-blurry/--copy-blurry: take the scores from the Parquet output of an "
                         "'--engine ray' scan instead of scoring again; only files under PATH that still have the "
@@ -227,6 +229,45 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
 RAY_ONLY = ("address", "actors", "cpus_per_actor", "batch_size", "rows_per_part")
 
 
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (scan and serve). Left None when not given, which means auto, said quietly."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where the CNN runs: auto (a GPU when ONNX Runtime's CUDA execution provider loads, else "
+                        "the CPU), cpu, or cuda (an error without one); needs the GPU build of ONNX Runtime, see "
+                        "docs/gpu.md (default: auto)")
+
+
+def cuda_precheck(device: Optional[str]) -> Optional[str]:
+    """The one-line error for ``--device cuda`` where ONNX Runtime has no CUDA execution provider at all (found
+    before anything is listed or loaded), else None. A provider that is there but fails to load is found when the
+    model loads (runtime.DeviceError)."""
+    if device != "cuda":
+        return None
+    from .runtime import cuda_error_reason, cuda_unavailable_reason
+
+    why = cuda_unavailable_reason()
+    return None if why is None else device_error_line(cuda_error_reason(why))
+
+
+def device_error_line(reason: str) -> str:
+    from .runtime import GPU_HINT
+
+    return f"error: --device cuda: {reason}; {GPU_HINT}, or use --device auto or cpu"
+
+
+def show_device(args: argparse.Namespace, detector) -> bool:
+    """Whether the ``device:`` line goes to stderr: always on a terminal, and elsewhere (a script, a pipe) when
+    it is news: a GPU, a GPU build of ONNX Runtime that ended on the CPU, or ``--device`` given. A plain CPU
+    install run from a script stays as quiet as before."""
+    if getattr(args, "quiet", False):
+        return False
+    if args.device is not None or detector.device != "cpu" or sys.stderr.isatty():
+        return True
+    from .runtime import gpu_build_installed
+
+    return gpu_build_installed()
+
+
 def check_paths_exist(parser: argparse.ArgumentParser, paths: list[str], uris: bool = False) -> None:
     """A usage error naming the first path that does not exist (a typo, not an unreadable image), before anything
     loads. With ``uris`` (a Ray scan), ``scheme://...`` paths are left to whoever opens them."""
@@ -250,6 +291,8 @@ def _check_engine_options(args: argparse.Namespace, parser: argparse.ArgumentPar
         if sorting:
             parser.error(f"{sorting} does not go with --engine ray: score first, then sort with "
                          f"'blur-detect scan PATH... --plan OUT.parquet {sorting} DIR'")
+        if args.device is not None:
+            parser.error("--device does not go with --engine ray (its actors score on the CPU)")
         for name in ("save_maps", "workers", "format", "plan"):
             if getattr(args, name) is not None:
                 parser.error(f"{flag(name)} does not go with --engine ray (it writes Parquet to --output)")
@@ -258,7 +301,7 @@ def _check_engine_options(args: argparse.Namespace, parser: argparse.ArgumentPar
     if args.plan is not None:
         if not sorting:
             parser.error("--plan needs --move-blurry or --copy-blurry")
-        for name in ("output", "save_maps", "format", "workers"):
+        for name in ("output", "save_maps", "format", "workers", "device"):
             if getattr(args, name) is not None:
                 parser.error(f"{flag(name)} does not go with --plan (the records are in the plan already)")
         if not os.path.exists(args.plan):
@@ -452,6 +495,10 @@ def run_scan(args: argparse.Namespace) -> int:
             parser.error(f"{option}: {folder} exists and is not a folder")
     if not args.output and _stdout_closed(args, "the report (give --output FILE)"):
         return EXIT_FAILED
+    problem = cuda_precheck(args.device)
+    if problem:
+        _err(problem)
+        return EXIT_USAGE
     workers = args.workers or default_workers()
     if workers > max_workers():
         _err(f"note: --workers {workers} is more than {max_workers()} ({WORKERS_PER_CORE} per core): "
@@ -477,14 +524,22 @@ def run_scan(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     from .detector import BlurDetector
+    from .runtime import DeviceError
 
     try:
         # One shared detector on single-threaded ONNX sessions: the workers supply the parallelism (see scan.py).
-        detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold).check()
+        # On a GPU the workers' CNN calls are joined into batches (ensemble.batching).
+        detector = BlurDetector.load(args.model, threads=1, threshold=args.threshold,
+                                     device=args.device or "auto").check()
+    except DeviceError as err:
+        _err(device_error_line(err.reason))
+        return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
         where = args.model or "the shipped model"
         _err(f"error: cannot load the model ({where}): {_one_line(err)}")
         return EXIT_FAILED
+    if show_device(args, detector):
+        _err(detector.device_line())
     if args.kind and detector.kind is None:
         _err(f"error: --kind {args.kind}: the model ({args.model or 'the shipped model'}) has no kind head "
              "(final_model/kind.onnx); add one with 'python train.py --kind-only'")

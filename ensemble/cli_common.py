@@ -118,16 +118,38 @@ def add_loading_args(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_stage(func, *args, formatter=None, **kwargs) -> int:
+def add_mlflow_arg(p: argparse.ArgumentParser) -> None:
+    """``--mlflow [URI]``: track the stage in MLflow (docs/tracking.md); needs the ``track`` extra."""
+    p.add_argument("--mlflow", nargs="?", const="./mlruns", default=None, metavar="URI",
+                   help="track this run in MLflow at URI; a bare --mlflow uses a local file store, ./mlruns in the "
+                        "current folder (needs the track extra: pip install 'blur-ensemble[track]')")
+
+
+def stage_tracker(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """None without ``--mlflow`` (mlflow is then never imported); else an ``ensemble.tracking.Tracker`` for
+    ``run_stage(..., track=...)``. Exits with status 2 and one line when mlflow is not installed."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    from .tracking import Tracker, TrackingError
+
+    try:
+        return Tracker.from_args(args)
+    except TrackingError as err:
+        p.exit(2, f"{err}\n")
+
+
+def run_stage(func, *args, formatter=None, track=None, **kwargs) -> int:
     """Call ``func(*args, **kwargs)``; print its result (with ``formatter`` or as JSON) and return an exit code.
 
     Expected failures (missing files, bad datasets, unreadable pickles) print one ``error:`` line and return 1.
+    ``track``: an ``ensemble.tracking.Tracker`` (from :func:`stage_tracker`) that runs the stage as an MLflow run.
     """
     from .datasets import DatasetError
 
+    tracking_errors = tuple(getattr(track, "errors", ()))
     try:
-        result = func(*args, **kwargs)
-    except (DatasetError, FileNotFoundError, ValueError, OSError) as err:
+        result = func(*args, **kwargs) if track is None else track.run(func, *args, **kwargs)
+    except (DatasetError, FileNotFoundError, ValueError, OSError, *tracking_errors) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

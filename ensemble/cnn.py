@@ -1,10 +1,22 @@
-"""The from-scratch patch CNN: architecture, training patches, tf.data input and training with callbacks.
+"""The from-scratch patch CNN: architecture, training patches, the training input and training with callbacks.
 
 The CNN sees full-resolution 96 × 96 grey patches at the analysis scale, never a thumbnail of the photo, and
 outputs the probability that the patch is blurred.
+
+It trains under any Keras 3 backend (``KERAS_BACKEND``: tensorflow, the default, jax or torch). Under TensorFlow
+the input is a tf.data pipeline (make_dataset); under the others a ``keras.utils.PyDataset`` (PatchBatches) with the
+same augmentation. On a GPU the camera effects run in worker processes (CameraPool), so that the numpy work does
+not starve the device, and mixed precision is used where the GPU supports it (resolve_precision). The saved and
+exported model is always float32.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +59,24 @@ def build_cnn(patch_size: int = PATCH_SIZE, width: float = 1.0) -> "keras.Model"
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
     x = layers.Dense(EMBED_DIM, activation="relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="blur")(x)
+    # float32 whatever the global dtype policy: under mixed precision the probability and the loss stay float32.
+    outputs = layers.Dense(1, activation="sigmoid", name="blur", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="patch_cnn")
+
+
+def float32_copy(cnn: "keras.Model", patch_size: int, width: float) -> "keras.Model":
+    """``cnn`` (trained under any dtype policy) rebuilt under float32 with the same weights: what is saved, scored
+    and exported. Mixed-precision layers keep float32 variables, so no weight loses precision."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_cnn(patch_size, width)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(cnn.get_weights())
+    return copy
 
 
 def scoring_model(cnn: "keras.Model") -> "keras.Model":
@@ -123,10 +151,101 @@ def camera_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 0, camera: bool = True):
-    """tf.data pipeline: shuffle, flips and 90° turns, then (with ``camera``) a fresh chain of camera effects on
-    every patch each epoch (exposure, sensor noise, noise reduction, JPEG: camera_effects.random_camera), batching,
-    prefetch. Sharp and blurred patches get the same effects, so none of them tells the classes apart."""
+# -- the training input ---------------------------------------------------------------------------------------------
+def _camera_worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one core a worker process: the pool itself is the parallelism
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Hide ``__main__``'s file and spec from multiprocessing's spawn, which re-imports them in each child."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        for k in saved:
+            if k == "__file__":
+                delattr(main, k)
+            else:
+                setattr(main, k, None)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def _camera_part(x: np.ndarray, key: tuple) -> np.ndarray:
+    return camera_batch(x, np.random.default_rng(key))
+
+
+class CameraPool:
+    """camera_batch spread over ``workers`` processes, in parts of ``part`` patches, each part with its own random
+    stream seeded by (``key``, part number): the result does not depend on the number of workers.
+
+    The camera effects are per-patch numpy and OpenCV work, about 3,300 patches/s on one core and mostly under
+    Python's GIL, so threads do not scale them; on a GPU a single core would starve it. The workers are started
+    with ``spawn`` (never ``fork``: the training process may hold a CUDA context or JAX's threads) and import
+    nothing but numpy, OpenCV and this package's camera effects.
+    """
+
+    def __init__(self, workers: int, part: int = 64):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers, self.part = int(workers), int(part)
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_camera_worker_init)
+        # Start every worker now, with the main module hidden: a spawned worker would otherwise import the
+        # caller's script again (and fail in one without an `if __name__ == "__main__":` guard).
+        with _main_module_hidden():
+            for f in [self._pool.submit(int, 0) for _ in range(self.workers)]:
+                f.result()
+
+    def __call__(self, x: np.ndarray, key: tuple) -> np.ndarray:
+        """uint8 (B, P, P, 1) → the same with a fresh chain of camera effects on every patch."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            futures = [self._pool.submit(_camera_part, x[a : a + self.part], (*key, k))
+                       for k, a in enumerate(range(0, len(x), self.part))]
+            return np.concatenate([f.result() for f in futures]) if futures else x.copy()
+        except BrokenProcessPool as err:
+            raise OSError(f"the camera-effect worker processes stopped ({err}); BLUR_CAMERA_WORKERS=0 runs the "
+                          "effects in the training process instead") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "CameraPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def random_turns(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random left-right flip, up-down flip and 90° turn of each square patch of uint8 (B, P, P) ``x`` (a copy):
+    the same augmentation as make_dataset's tf.image steps, in numpy."""
+    x = x.copy()
+    lr, ud = rng.random(len(x)) < 0.5, rng.random(len(x)) < 0.5
+    x[lr] = x[lr, :, ::-1]
+    x[ud] = x[ud, ::-1, :]
+    k = rng.integers(0, 4, len(x))
+    for turns in (1, 2, 3):
+        sel = k == turns
+        if sel.any():
+            x[sel] = np.rot90(x[sel], turns, axes=(1, 2))
+    return x
+
+
+def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 0, camera: bool = True,
+                 pool: CameraPool | None = None):
+    """tf.data pipeline (TensorFlow backend): shuffle, flips and 90° turns, then (with ``camera``) a fresh chain of
+    camera effects on every patch each epoch (exposure, sensor noise, noise reduction, JPEG:
+    camera_effects.random_camera), batching, prefetch. Sharp and blurred patches get the same effects, so none of
+    them tells the classes apart. With ``pool`` the camera effects run in its worker processes (on a GPU), else in
+    tf.data's own threads. A set without augmentation (validation) is cached after its first pass."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((patches.x[..., None], patches.y.astype(np.float32)))
@@ -139,9 +258,14 @@ def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 
         return tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32)), y
 
     rng = np.random.default_rng(seed)
+    calls = itertools.count()
+
+    def in_pool(b):
+        return pool(b, (seed, next(calls)))
 
     def effects(x, y):
-        out = tf.numpy_function(lambda b: camera_batch(b, rng), [x], tf.uint8, stateful=True)
+        fn = in_pool if pool is not None else (lambda b: camera_batch(b, rng))
+        out = tf.numpy_function(fn, [x], tf.uint8, stateful=True)
         return tf.ensure_shape(out, x.shape), y
 
     def scale(x, y):
@@ -152,7 +276,196 @@ def make_dataset(patches: PatchSet, batch_size: int, augment: bool, seed: int = 
     ds = ds.batch(batch_size)
     if augment and camera:
         ds = ds.map(effects, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if not augment:
+        ds = ds.cache()
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class PatchBatches:
+    """The backend-neutral training input (JAX, torch; TensorFlow too), with make_dataset's augmentation: batch
+    ``i`` is float32 (B, P, P, 1) patches in [0, 1] and their float32 labels. Each epoch: a fresh shuffle, a random
+    flip, flip and 90° turn of every patch, a fresh chain of camera effects (with ``camera``; in ``pool``'s worker
+    processes when given), then uint8 → float32 / 255. Batch ``i`` of epoch ``e`` draws from its own random stream
+    (``seed``, ``e``, ``i``), so the batches do not depend on which thread makes them or in what order. Without
+    ``augment`` (validation) the patches come in order, as they are.
+
+    Plain Python, so it can be timed without Keras; patch_batches() gives the ``keras.utils.PyDataset`` that fit
+    takes."""
+
+    def __init__(self, patches: PatchSet, batch_size: int, augment: bool, seed: int = 0, camera: bool = True,
+                 pool: CameraPool | None = None):
+        self.x, self.y = patches.x, patches.y.astype(np.float32)
+        self.batch_size, self.augment, self.seed = int(batch_size), augment, int(seed) % 2**32
+        self.camera, self.pool = camera, pool
+        self.epoch = 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> np.ndarray:
+        if not self.augment:
+            return np.arange(len(self.y))
+        return np.random.default_rng([self.seed, 31, self.epoch]).permutation(len(self.y))
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(len(self.y) / self.batch_size))
+
+    def __getitem__(self, i: int):
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        x = self.x[idx]
+        if self.augment:
+            key = (self.seed, self.epoch, int(i))
+            rng = np.random.default_rng(key)
+            x = random_turns(x, rng)
+            if self.camera:
+                x = x[..., None]
+                x = (self.pool(x, key) if self.pool is not None else camera_batch(x, rng))[..., 0]
+        return (x.astype(np.float32) / np.float32(255.0))[..., None], self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._shuffle()
+
+
+_KERAS_PATCH_BATCHES = None
+
+
+def patch_batches(patches: PatchSet, batch_size: int, augment: bool, seed: int = 0, camera: bool = True,
+                  pool: CameraPool | None = None, threads: int = 1):
+    """PatchBatches as a ``keras.utils.PyDataset``; ``threads`` > 1 makes batches ahead on that many threads
+    (Keras's enqueuer; the camera effects themselves run in ``pool``)."""
+    import keras
+
+    global _KERAS_PATCH_BATCHES
+    if _KERAS_PATCH_BATCHES is None:
+        class KerasPatchBatches(PatchBatches, keras.utils.PyDataset):
+            def __init__(self, *args, threads: int = 1):
+                keras.utils.PyDataset.__init__(self, workers=max(1, int(threads)), use_multiprocessing=False,
+                                               max_queue_size=max(10, 2 * int(threads)))
+                PatchBatches.__init__(self, *args)
+
+        _KERAS_PATCH_BATCHES = KerasPatchBatches
+    return _KERAS_PATCH_BATCHES(patches, batch_size, augment, seed, camera, pool, threads=threads)
+
+
+# -- where and how it trains ---------------------------------------------------------------------------------------
+def backend() -> str:
+    """The Keras backend of this process: 'tensorflow', 'jax' or 'torch' (KERAS_BACKEND, fixed at keras import)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def gpus() -> list[dict]:
+    """The GPUs the Keras backend trains on: [{'name', 'compute_capability': (major, minor) or None}], [] on a CPU."""
+    name = backend()
+    out = []
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        for d in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(d)
+            out.append({"name": details.get("device_name") or d.name,
+                        "compute_capability": details.get("compute_capability")})
+    elif name == "jax":
+        import jax
+
+        for d in jax.devices():
+            if d.platform != "cpu":
+                cc = getattr(d, "compute_capability", None)
+                out.append({"name": d.device_kind, "compute_capability": _capability(cc)})
+    elif name == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                out.append({"name": torch.cuda.get_device_name(i),
+                            "compute_capability": tuple(torch.cuda.get_device_capability(i))})
+    return out
+
+
+def _capability(cc) -> tuple[int, int] | None:
+    if cc is None:
+        return None
+    if isinstance(cc, str):
+        major, _, minor = cc.partition(".")
+        return int(major), int(minor or 0)
+    return tuple(int(v) for v in cc)[:2]
+
+
+def device_names(gpu_list: list[dict]) -> list[str]:
+    """cnn.json's ``devices``: ['CPU'], or each GPU as 'GPU:0 NVIDIA H200 (compute capability 9.0)'."""
+    if not gpu_list:
+        return ["CPU"]
+    out = []
+    for i, g in enumerate(gpu_list):
+        cc = g.get("compute_capability")
+        out.append(f"GPU:{i} {g['name']}" + (f" (compute capability {cc[0]}.{cc[1]})" if cc else ""))
+    return out
+
+
+PRECISIONS = ("auto", "float32", "mixed")
+
+
+def resolve_precision(precision: str, backend_name: str, gpu_list: list[dict]) -> str:
+    """The Keras dtype policy for ``precision`` ('auto', 'float32' or 'mixed').
+
+    'mixed' is bfloat16 compute on JAX and torch where the GPU has bfloat16 (compute capability 8.0 or more), else
+    float16 (TensorFlow always: mixed_float16, with Keras's loss scaling); variables stay float32. 'auto' is
+    'mixed' on GPUs of compute capability 7.0 or more (tensor cores), float32 on a CPU or an older GPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    caps = [g.get("compute_capability") or (0, 0) for g in gpu_list]
+    if precision == "float32" or (precision == "auto" and (not caps or min(caps) < (7, 0))):
+        return "float32"
+    if backend_name != "tensorflow" and caps and min(caps) >= (8, 0):
+        return "mixed_bfloat16"
+    if backend_name != "tensorflow" and not caps:
+        return "mixed_bfloat16"  # asked for on a CPU: bfloat16 is the CPU's half type
+    return "mixed_float16"
+
+
+CPU_BATCH = 128
+GPU_BATCH = 512
+BASE_LEARNING_RATE = 2e-3
+"""The peak learning rate at batch CPU_BATCH; larger batches get it times √(batch / CPU_BATCH)."""
+
+
+def resolve_batch_size(batch_size, gpu_list: list[dict]) -> int:
+    """``batch_size``, or for 'auto' (or None) CPU_BATCH on a CPU and GPU_BATCH on a GPU."""
+    if batch_size in (None, "auto"):
+        return GPU_BATCH if gpu_list else CPU_BATCH
+    return int(batch_size)
+
+
+def default_learning_rate(batch_size: int) -> float:
+    """BASE_LEARNING_RATE × √(batch_size / CPU_BATCH) (Adam's usual square-root scaling): 2e-3 at 128, 4e-3 at 512."""
+    return BASE_LEARNING_RATE if batch_size == CPU_BATCH else BASE_LEARNING_RATE * math.sqrt(batch_size / CPU_BATCH)
+
+
+def camera_workers_for(gpu_list: list[dict]) -> int:
+    """Camera-effect worker processes: none on a CPU (the model already uses every core and tf.data's threads do
+    the effects, as before), on a GPU all cores but two (kept for the training loop and the batch threads), at
+    most MAX_CAMERA_WORKERS. The environment variable BLUR_CAMERA_WORKERS, when set, is the number instead."""
+    if os.environ.get("BLUR_CAMERA_WORKERS", "").strip().isdigit():
+        return int(os.environ["BLUR_CAMERA_WORKERS"])
+    if not gpu_list:
+        return 0
+    return max(1, min(MAX_CAMERA_WORKERS, (os.cpu_count() or 2) - 2))
+
+
+MAX_CAMERA_WORKERS = 32
+"""About 100,000 patches/s: more than the CNN's training step takes on one GPU."""
+
+
+@dataclass
+class CnnFit:
+    """train_cnn's result: the float32 model, the epochs run, each epoch's wall time (s), the input it used."""
+
+    model: object
+    epochs_run: int
+    epoch_seconds: list
+    input_pipeline: dict
 
 
 def train_cnn(
@@ -168,50 +481,91 @@ def train_cnn(
     on_epoch=None,
     width: float = 1.0,
     camera: bool = True,
-):
-    """Fit build_cnn(width=width) on ``train``, early-stopped on ``val`` ROC AUC; returns (best Keras model, epochs run).
+    policy: str = "float32",
+    camera_workers: int = 0,
+) -> CnnFit:
+    """Fit build_cnn(width=width) on ``train``, early-stopped on ``val`` ROC AUC; returns a CnnFit (the best model
+    as float32, epochs run, seconds per epoch).
 
     AUC rather than loss picks the checkpoint: the meta-network only needs the CNN to rank patches well, and
     the loss on weakly labelled validation patches swings with batch-norm statistics from epoch to epoch.
     With ``val`` None, all ``epochs`` run and the last one is kept (the cosine schedule ends there). ``camera``:
-    train on patches with random camera effects (make_dataset).
+    train on patches with random camera effects (make_dataset / patch_batches).
 
-    Writes to ``out_dir``: ``cnn.keras`` (best checkpoint) and ``training_log.csv`` (one row an epoch). Uses a GPU
-    when TensorFlow sees one. ``on_epoch(epoch, logs)``, if given, is called after each epoch (1-based, with the
-    epoch's metrics), for progress reports.
+    ``policy``: the Keras dtype policy to train under ('float32', 'mixed_float16', 'mixed_bfloat16':
+    resolve_precision); the model that is returned and saved is float32 whatever it is. ``camera_workers``: worker
+    processes for the camera effects (0: in the input pipeline's own threads; camera_workers_for).
+
+    Writes to ``out_dir``: ``cnn.keras`` (best checkpoint, float32) and ``training_log.csv`` (one row an epoch).
+    Trains on whatever device the Keras backend uses (a GPU when it sees one). ``on_epoch(epoch, logs)``, if given,
+    is called after each epoch (1-based, with the epoch's metrics), for progress reports.
     """
     import keras
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    model = build_cnn(train.x.shape[1], width)
-    steps = max(1, int(np.ceil(len(train.y) / batch_size))) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="binary_crossentropy",
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
-    )
-    pos = float(train.y.mean())
-    class_weight = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
-    checkpoint = out_dir / "cnn.keras"
-    callbacks = [keras.callbacks.CSVLogger(out_dir / "training_log.csv"), keras.callbacks.TerminateOnNaN()]
-    if val is None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
-    else:
-        callbacks += [
-            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience, restore_best_weights=True),
-        ]
-    if on_epoch is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
-    history = model.fit(
-        make_dataset(train, batch_size, augment=True, seed=seed, camera=camera),
-        validation_data=None if val is None else make_dataset(val, 512, augment=False),
-        epochs=epochs,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    return model, len(history.history["loss"])
+    previous_policy, pool = keras.config.dtype_policy(), None
+    try:
+        keras.config.set_dtype_policy(policy)
+        pool = CameraPool(camera_workers) if camera and camera_workers > 0 else None
+        model = build_cnn(train.x.shape[1], width)
+        steps = max(1, int(np.ceil(len(train.y) / batch_size))) * epochs
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss="binary_crossentropy",
+            metrics=["accuracy", keras.metrics.AUC(name="auc")],
+        )
+        pos = float(train.y.mean())
+        class_weight = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
+        checkpoint = out_dir / "cnn.keras"
+        seconds: list[float] = []
+        clock = {}
+        callbacks = [keras.callbacks.CSVLogger(out_dir / "training_log.csv"), keras.callbacks.TerminateOnNaN(),
+                     keras.callbacks.LambdaCallback(
+                         on_epoch_begin=lambda e, logs: clock.update(t=time.perf_counter()),
+                         on_epoch_end=lambda e, logs: seconds.append(round(time.perf_counter() - clock["t"], 2)))]
+        if val is None:
+            callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
+        else:
+            callbacks += [
+                keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
+                keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                              restore_best_weights=True),
+            ]
+        if on_epoch is not None:
+            callbacks.append(keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
+        fit_kwargs = {}
+        if backend() == "tensorflow":
+            data = make_dataset(train, batch_size, augment=True, seed=seed, camera=camera, pool=pool)
+            val_data = None if val is None else make_dataset(val, 512, augment=False)
+            pipeline = {"kind": "tf.data", "camera_workers": pool.workers if pool else 0}
+        else:
+            threads = 1 if pool is None else min(8, max(2, pool.workers // 4))
+            data = patch_batches(train, batch_size, augment=True, seed=seed, camera=camera, pool=pool,
+                                 threads=threads)
+            val_data = None if val is None else patch_batches(val, 512, augment=False)
+            fit_kwargs["shuffle"] = False  # PatchBatches shuffles the patches themselves, every epoch
+            pipeline = {"kind": "keras.utils.PyDataset", "camera_workers": pool.workers if pool else 0,
+                        "batch_threads": threads}
+        history = model.fit(
+            data,
+            validation_data=val_data,
+            epochs=epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=verbose,
+            **fit_kwargs,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if pool is not None:
+            pool.close()
+    if policy != "float32":
+        # Saved, scored and exported in float32: rebuild it so, with the trained weights, over the checkpoint.
+        model = float32_copy(model, train.x.shape[1], width)
+        model.compile(loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
+        model.save(checkpoint)
+    return CnnFit(model, len(history.history["loss"]), seconds, pipeline)

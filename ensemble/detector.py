@@ -4,6 +4,12 @@
     >>> det.predict_path("photo.jpg").label    # 'sharp', 'blurry', or 'flat' (nothing to judge)
 
 Inference runs on ONNX Runtime (no TensorFlow needed); ``runtime="keras"`` runs the .keras files instead.
+``device="cuda"`` (or ``"auto"``) runs the CNN on a GPU, with the patches of images scored at the same time by
+several threads joined into one CNN call (ensemble.batching).
+
+Scoring an image has three steps, which callers may also run apart: :meth:`BlurDetector.prepare` (decode, focus
+measures, patches: CPU work), :meth:`BlurDetector.score` (the CNN on the patches) and :meth:`BlurDetector.finish`
+(features, meta-network, kind head, from the CNN's scores).
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .blur_kind import KindHead, kind_features
-from .features import FEATURE_NAMES, LAPVAR_INDEX, batch_features
+from .features import (FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, check_scores, job_features,
+                       prepare_patches, score_jobs)
 from .focus import no_detail
-from .imageio import Decoded, load_image, resize_to_analysis, to_gray
-from .noise import original_noise_sigma
+from .imageio import Decoded, decoded_array, load_image, to_gray
+from .noise import image_noise_sigma
 from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
@@ -105,6 +112,30 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One image up to its CNN call (:meth:`BlurDetector.prepare`): ``decoded``, grey at the analysis scale with
+    the original size, and ``job``, its patches and focus measures. :meth:`BlurDetector.finish` takes it on from the
+    CNN's scores of :meth:`inputs`."""
+
+    decoded: Decoded
+    job: PatchJob
+
+    @property
+    def patch_count(self) -> int:
+        return self.job.patch_count
+
+    def inputs(self) -> np.ndarray:
+        """float32 (patch_count, P, P, 1): what the CNN scores."""
+        return self.job.inputs()
+
+
+CPU_BATCHING = False
+"""Whether a detector on the CPU joins the CNN calls of several threads too (``batch=None``). Off, as measured: on
+the CPU a patch costs the same in a call of 24 as of 512 (0.85 ms on one core), so joining saves nothing, and a scan
+of 12 MP JPEGs ran at 32.5 images/s per-image against 32.4 joined (2 cores; docs/gpu.md)."""
+
+
 class BlurDetector:
     """The CNN + focus-measure ensemble.
 
@@ -124,11 +155,18 @@ class BlurDetector:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, runtime: str = "onnx", threads: int = 0,
-             threshold: float | None = None) -> "BlurDetector":
+             threshold: float | None = None, device: str = "cpu", batch: bool | None = None) -> "BlurDetector":
         """Load ``path``/model and ``path``/final_model (default: the shipped ones).
 
         ``runtime``: 'onnx' (fast, no TensorFlow) or 'keras'. ``threads``: ONNX Runtime threads, 0 = all cores.
+        ``device``: where the CNN runs: 'cpu', 'cuda' (runtime.DeviceError when CUDA cannot be used) or 'auto'
+        (CUDA when its execution provider loads, else the CPU); the meta-network and the kind head, a few
+        microseconds an image, stay on the CPU. ``batch``: join the CNN calls that several threads make at the same
+        time into one (ensemble.batching); None: on a GPU only (:data:`CPU_BATCHING`).
         """
+        from .runtime import check_device
+
+        check_device(device)
         root = Path(path) if path is not None else default_model_root()
         meta_file = root / META_DIR / "metadata.json"
         if not meta_file.exists():
@@ -142,8 +180,11 @@ class BlurDetector:
         if runtime == "onnx":
             from .runtime import OnnxModel
 
-            cnn, meta = OnnxModel(root / CNN_DIR / "cnn.onnx", threads), OnnxModel(root / META_DIR / "meta.onnx", threads)
+            cnn = OnnxModel(root / CNN_DIR / "cnn.onnx", threads, device)
+            meta = OnnxModel(root / META_DIR / "meta.onnx", threads)
         elif runtime == "keras":
+            if device == "cuda":
+                raise ValueError("device='cuda' needs runtime='onnx'")
             from .cnn import scoring_model
             from .runtime import KerasModel, load_keras
 
@@ -151,8 +192,37 @@ class BlurDetector:
             meta = KerasModel(load_keras(root / META_DIR / "meta.keras"))
         else:
             raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")
+        if batch if batch is not None else (getattr(cnn, "device", "cpu") == "cuda" or CPU_BATCHING):
+            from .batching import PatchBatcher
+
+            cnn = PatchBatcher(cnn)
         # The kind head runs on ONNX Runtime whatever the runtime: it ships as kind.onnx only.
         return cls(cnn, meta, metadata, threshold, KindHead.load(root / META_DIR, threads))
+
+    # -- where it runs ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the CNN runs: 'cuda' or 'cpu'."""
+        return getattr(self.cnn, "device", "cpu")
+
+    @property
+    def batching(self) -> bool:
+        """Whether concurrent CNN calls are joined (ensemble.batching.PatchBatcher)."""
+        from .batching import PatchBatcher
+
+        return isinstance(self.cnn, PatchBatcher)
+
+    @property
+    def device_detail(self) -> str | None:
+        """On CUDA the GPU's name (None when nvidia-smi cannot tell); on the CPU why not a GPU, when ``device='auto'``
+        looked for one (``no CUDA execution provider``); else None."""
+        return getattr(self.cnn, "device_name" if self.device == "cuda" else "device_note", None)
+
+    def device_line(self) -> str:
+        """``device: cuda (NVIDIA H200)``, ``device: cpu (no CUDA execution provider)`` or ``device: cpu``: the line
+        blur-detect prints."""
+        detail = self.device_detail or ("GPU 0" if self.device == "cuda" else None)
+        return f"device: {self.device}" + (f" ({detail})" if detail else "")
 
     def check(self) -> "BlurDetector":
         """Run one tiny prediction and return self. A model that loads but cannot run fails here, with its own
@@ -164,9 +234,7 @@ class BlurDetector:
     # -- prediction ---------------------------------------------------------------------------------------------
     def predict_array(self, image: np.ndarray, with_map: bool = True) -> BlurResult:
         """Score one image array: (H, W) grey or (H, W, 3) RGB, uint8/uint16/float in [0, 1], any resolution."""
-        gray = to_gray(image)
-        h, w = gray.shape
-        return self._predict_gray([resize_to_analysis(gray, self.analysis_side)], [(w, h)], with_map)[0]
+        return self._predict([self.prepare(image)], with_map)[0]
 
     def predict_path(self, path: str | os.PathLike, with_map: bool = True) -> BlurResult:
         """Score one image file. Raises ImageError with a one-line reason if it cannot be read."""
@@ -174,19 +242,7 @@ class BlurDetector:
 
     def predict_batch(self, items: Sequence, with_map: bool = False) -> list[BlurResult]:
         """Score several images (paths or arrays) with one CNN call and one meta-network call."""
-        grays, sizes, drafts = [], [], []
-        for item in items:
-            if isinstance(item, (str, os.PathLike)):
-                dec = self.decode(item)
-                grays.append(dec.pixels)
-                sizes.append((dec.width, dec.height))
-                drafts.append(dec.draft)
-            else:
-                gray = to_gray(item)
-                sizes.append((gray.shape[1], gray.shape[0]))
-                grays.append(resize_to_analysis(gray, self.analysis_side))
-                drafts.append(1)
-        return self._predict_gray(grays, sizes, with_map, drafts)
+        return self._predict([self.prepare(item) for item in items], with_map)
 
     def predict_proba(self, images: Iterable) -> np.ndarray:
         """Calibrated P(blurry) for each image (paths or arrays), float (N,)."""
@@ -198,19 +254,47 @@ class BlurDetector:
 
     def decode(self, path: str | os.PathLike) -> Decoded:
         """Read a file as grey at this detector's analysis scale (raises ImageError)."""
-        return load_image(path, "L", self.analysis_side)
+        return load_image(path, "L", self.analysis_side, native=True)
 
     def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True) -> list[BlurResult]:
         """Score images already decoded by :meth:`decode`."""
-        return self._predict_gray([d.pixels for d in decoded], [(d.width, d.height) for d in decoded], with_map,
-                                  [d.draft for d in decoded])
+        return self._predict([self.prepare(d) for d in decoded], with_map)
 
     def features(self, grays: Sequence[np.ndarray]):
         """Feature matrix float32 (N, F) of analysis-scale grey images, with each image's grid and patch probs."""
         return batch_features(grays, self.cnn, self.patch_size)
 
-    def _predict_gray(self, grays, sizes, with_map, drafts=None) -> list[BlurResult]:
-        feats, grids, probs = self.features(grays)
+    # -- the three steps ----------------------------------------------------------------------------------------
+    def prepare(self, item) -> Prepared:
+        """Step 1, everything before the CNN: a path is decoded (ImageError if unreadable), an array made grey at
+        the analysis scale, a :class:`Decoded` (from :meth:`decode`) taken as it is; then its focus measures and
+        the patches the CNN is to score."""
+        if isinstance(item, Decoded):
+            decoded = item
+        elif isinstance(item, (str, os.PathLike)):
+            decoded = self.decode(item)
+        else:
+            decoded = self._decoded_array(item)
+        return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size))
+
+    def _decoded_array(self, image: np.ndarray) -> Decoded:
+        return decoded_array(to_gray(image), self.analysis_side)
+
+    def score(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
+        """Step 2: each image's CNN scores, float32 (patch_count, 1 + EMBED_DIM), from one CNN call (joined with
+        other threads' calls when :attr:`batching`)."""
+        return score_jobs([p.job for p in prepared], self.cnn)
+
+    def finish(self, prepared: Sequence[Prepared], scores: Sequence[np.ndarray], with_map: bool = True
+               ) -> list[BlurResult]:
+        """Step 3: the results of ``prepared`` from their CNN ``scores`` (one meta-network and one kind-head call)."""
+        if not prepared:
+            return []
+        done = [job_features(p.job, check_scores(np.asarray(s))) for p, s in zip(prepared, scores)]
+        feats = np.asarray([row for row, _ in done], dtype=np.float32).reshape(len(prepared), len(FEATURE_NAMES))
+        grays = [p.decoded.pixels for p in prepared]
+        sizes = [(p.decoded.width, p.decoded.height) for p in prepared]
+        grids = [p.job.grid for p in prepared]
         blur = np.clip(self.meta(feats), 0.0, 1.0)
         flats = [no_detail(g) for g in grays]
         labels = ["flat" if flat else "blurry" if prob >= self.threshold else "sharp"
@@ -218,10 +302,11 @@ class BlurDetector:
         noise = feats[:, NOISE_INDEX].astype(np.float64)
         kinds = self._kinds(grays, sizes, np.expm1(noise), labels)
         results = []
-        for i, (gray, (w, h), gr, p, prob, f) in enumerate(zip(grays, sizes, grids, probs, blur, feats)):
+        for i, (gray, (w, h), gr, (_, p), prob, f) in enumerate(zip(grays, sizes, grids, done, blur, feats)):
             flat = flats[i]
-            sigma = None if flat else original_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],
-                                                           drafts[i] if drafts else 1)
+            dec = prepared[i].decoded
+            sigma = None if flat else image_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],
+                                                        dec.draft, dec.native)
             results.append(BlurResult(
                 blur_probability=None if flat else float(prob),
                 label=labels[i],
@@ -234,6 +319,9 @@ class BlurDetector:
                 **(kinds.get(i, {}) if labels[i] == "blurry" else {}),
             ))
         return results
+
+    def _predict(self, prepared: Sequence[Prepared], with_map: bool) -> list[BlurResult]:
+        return self.finish(prepared, self.score(prepared), with_map)
 
     def _kinds(self, grays, sizes, noise, labels) -> dict[int, dict]:
         """The kind fields (BlurResult keyword arguments) of each image that is not flat, by index, from one

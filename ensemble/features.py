@@ -4,6 +4,7 @@ The CNN is passed in as a plain callable, so the same code serves training (Kera
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -50,6 +51,62 @@ def embed_summary(embeddings: np.ndarray) -> np.ndarray:
     return np.concatenate([embeddings.mean(axis=0), embeddings.std(axis=0)]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class PatchJob:
+    """One analysis-scale grey image up to its CNN call (:func:`prepare_patches`): its noise σ, patch grid, the
+    patches the CNN runs on (``chosen``, bool per patch) and its focus measures. :func:`job_features` finishes it
+    from the CNN's scores, so the CNN calls can be grouped as a caller likes (one image, a batch, several images
+    from several threads)."""
+
+    noise: float
+    grid: PatchGrid
+    chosen: np.ndarray
+    focus: np.ndarray
+
+    @property
+    def patch_count(self) -> int:
+        return int(self.chosen.sum())
+
+    def inputs(self) -> np.ndarray:
+        """float32 (patch_count, P, P, 1): the CNN's input."""
+        return patch_inputs(self.grid.patches[self.chosen])
+
+
+def prepare_patches(gray: np.ndarray, patch_size: int = PATCH_SIZE) -> PatchJob:
+    """Everything of ``gray``'s features that needs no CNN."""
+    noise = noise_sigma(gray)
+    grid = extract_patches(gray, patch_size, noise=noise)
+    return PatchJob(noise, grid, scored_patches(grid), focus_features(gray, noise))
+
+
+def check_scores(scores: np.ndarray) -> np.ndarray:
+    """``scores`` if the CNN gave 1 + EMBED_DIM values a patch, else ValueError naming the problem."""
+    if scores.ndim != 2 or scores.shape[1] != 1 + EMBED_DIM:
+        given = scores.shape[1] if scores.ndim == 2 else 1
+        raise ValueError(f"the CNN gives {given} value(s) a patch, not 1 + {EMBED_DIM}: a model from before patch "
+                         "embeddings; retrain it with CNN.py and train.py")
+    return scores
+
+
+def job_features(job: PatchJob, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image's float32 (len(FEATURE_NAMES),) feature vector and float32 patch probabilities (NaN for patches
+    not run), from the CNN's (patch_count, 1 + EMBED_DIM) scores of ``job.inputs()``."""
+    p = np.full(len(job.grid.patches), np.nan, np.float32)
+    p[job.chosen] = scores[:, 0]
+    row = np.concatenate([cnn_summary(p, job.grid.textured), job.focus, embed_summary(scores[:, 1:])])
+    return row.astype(np.float32), p
+
+
+def score_jobs(jobs: Sequence[PatchJob], scorer: PatchScorer) -> list[np.ndarray]:
+    """Each job's CNN scores, from one call for all their patches."""
+    if not jobs:
+        return []
+    batch = np.concatenate([job.inputs() for job in jobs])
+    scores = check_scores(scorer(batch) if len(batch) else np.zeros((0, 1 + EMBED_DIM), np.float32))
+    bounds = np.cumsum([0] + [job.patch_count for job in jobs])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def batch_features(
     grays: Sequence[np.ndarray], scorer: PatchScorer, patch_size: int = PATCH_SIZE
 ) -> tuple[np.ndarray, list[PatchGrid], list[np.ndarray]]:
@@ -60,26 +117,10 @@ def batch_features(
     Returns the float32 (N, len(FEATURE_NAMES)) matrix, each image's PatchGrid and its float32 patch probabilities
     (NaN for patches not run: see patches.scored_patches).
     """
-    noises = [noise_sigma(g) for g in grays]
-    grids = [extract_patches(g, patch_size, noise=n) for g, n in zip(grays, noises)]
-    chosen = [scored_patches(gr) for gr in grids]
-    batch = np.concatenate([gr.patches[c] for gr, c in zip(grids, chosen)]) if grids else np.zeros((0, 1, 1))
-    scores = scorer(patch_inputs(batch)) if len(batch) else np.zeros((0, 1 + EMBED_DIM), np.float32)
-    if scores.ndim != 2 or scores.shape[1] != 1 + EMBED_DIM:
-        given = scores.shape[1] if scores.ndim == 2 else 1
-        raise ValueError(f"the CNN gives {given} value(s) a patch, not 1 + {EMBED_DIM}: a model from before patch "
-                         "embeddings; retrain it with CNN.py and train.py")
-    probs, embeds, start = [], [], 0
-    for gr, c in zip(grids, chosen):
-        p = np.full(len(gr.patches), np.nan, np.float32)
-        end = start + int(c.sum())
-        p[c] = scores[start:end, 0]
-        embeds.append(embed_summary(scores[start:end, 1:]))
-        start = end
-        probs.append(p)
-    feats = [np.concatenate([cnn_summary(p, gr.textured), focus_features(g, n), e])
-             for g, n, gr, p, e in zip(grays, noises, grids, probs, embeds)]
-    return np.asarray(feats, dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES)), grids, probs
+    jobs = [prepare_patches(g, patch_size) for g in grays]
+    done = [job_features(job, s) for job, s in zip(jobs, score_jobs(jobs, scorer))]
+    feats = np.asarray([row for row, _ in done], dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES))
+    return feats, [job.grid for job in jobs], [p for _, p in done]
 
 
 def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None,

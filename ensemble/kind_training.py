@@ -6,7 +6,8 @@ extent in analysis-scale pixels and the motion's screen angle (NaN where unknown
 ``motion_blurred/`` folder has a kind but no measured length). Each network learns from the rows that have its
 target: P(motion) from all, log extent and the angle correction from the synthetic ones (the angle from motion rows
 only). Their input standardisation is a frozen layer, and the three are joined into one graph with one (N, 4)
-output, so ``kind.onnx`` needs no side file. TensorFlow is imported only inside the fitting functions.
+output, so ``kind.onnx`` needs no side file. Keras (any backend: TensorFlow, JAX, torch) is imported only inside
+the fitting functions.
 """
 from __future__ import annotations
 
@@ -265,7 +266,9 @@ def _fit_all(rows: KindRows, val: KindRows | None, epochs: dict, patience: int, 
 
 def predict(model, rows: KindRows) -> KindEstimate:
     """The combined Keras model's estimate for ``rows``."""
-    out = np.asarray(model(rows.x, training=False), np.float32)
+    import keras
+
+    out = np.asarray(keras.ops.convert_to_numpy(model(rows.x, training=False)), np.float32)
     return decode_output(out, rows.ref)
 
 
@@ -288,12 +291,14 @@ def fit_kind_head(rows: KindRows, folds, max_epochs: int = 300, patience: int = 
     folds' best epochs. ``validation`` holds kind_metrics of the out-of-fold estimates (all rows, and those with and
     without camera effects).
     """
+    import keras
+
     oof = np.zeros((len(rows), 4), np.float32)
     fold_epochs = {name: [] for name in HEADS}
     for tr, va in folds:
         model, ran = _fit_all(rows.subset(tr), rows.subset(va), dict.fromkeys(HEADS, max_epochs), patience,
                               learning_rate, seed, hidden, dropout, l2)
-        oof[va] = np.asarray(model(rows.x[va], training=False), np.float32)
+        oof[va] = np.asarray(keras.ops.convert_to_numpy(model(rows.x[va], training=False)), np.float32)
         for name in HEADS:
             fold_epochs[name].append(ran[name])
     epochs = {name: max(1, int(np.median(v))) if v else max_epochs // 4 for name, v in fold_epochs.items()}

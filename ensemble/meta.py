@@ -4,6 +4,8 @@ Input normalisation (a frozen Dense layer) and the calibration (a Platt-scaling 
 of the model itself, so the exported file needs no side information. Cross-validation over scenes picks the number
 of epochs and fits the calibration on out-of-fold predictions the network never trained on. A bag of such networks,
 differing only in their random seed, is averaged inside one model, so the shipped result does not hang on one seed.
+
+It trains on numpy arrays under any Keras 3 backend (TensorFlow, JAX, torch): nothing here calls a backend directly.
 """
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def fit_meta(
         hist = model.fit(x[tr], y[tr], validation_data=(x[va], y[va]), epochs=max_epochs,
                          batch_size=batch_size, callbacks=[stop], verbose=0)
         fold_epochs.append(int(np.argmin(hist.history["val_loss"])) + 1)
-        oof[va] = np.asarray(model(x[va], training=False))[:, 0]  # a direct call: no predict() retracing per model
+        oof[va] = keras.ops.convert_to_numpy(model(x[va], training=False))[:, 0]  # direct: no predict() retracing
     seen = ~np.isnan(oof)
     calibration = platt(_logit(oof[seen]), y[seen])
     epochs = int(np.median(fold_epochs))

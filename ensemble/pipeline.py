@@ -69,10 +69,13 @@ def _versions() -> dict:
     out = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
            "scikit-learn": sklearn.__version__}
     try:
-        import keras
-        import tensorflow as tf
+        import importlib
 
-        out.update(tensorflow=tf.__version__, keras=keras.__version__)
+        import keras
+
+        backend = keras.backend.backend()  # its own version: TensorFlow is not imported under JAX or torch
+        out.update(keras=keras.__version__, keras_backend=backend,
+                   **{backend: getattr(importlib.import_module(backend), "__version__", "?")})
     except ImportError:
         pass
     try:
@@ -132,23 +135,31 @@ def meta_holdout(data, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return datasets.split_by_scene([m["scene"] for m in data.meta], fraction, seed + 1, labels=data.labels)
 
 
-def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int = 128,
-                    learning_rate: float = 2e-3, patches_per_image: int = 16, synthetic_blur: bool = True,
+def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14, batch_size: int | str = "auto",
+                    learning_rate: float | None = None, patches_per_image: int = 16, synthetic_blur: bool = True,
                     meta_fraction: float = 0.0, patience: int = 5, seed: int = 0, verbose: int = 2,
                     patch_size: int = PATCH_SIZE, on_epoch=None, width: float = 1.0,
-                    camera_effects: bool = True) -> dict:
+                    camera_effects: bool = True, precision: str = "auto", camera_workers: int | None = None) -> dict:
     """Train the patch CNN on the CNN part of ``train_pkl``; write model/cnn.keras, cnn.onnx, curves and cnn.json.
 
     ``patch_size``: side of the square patches in analysis-scale pixels (recorded in cnn.json, and used by the
     meta-network stage and the detector). ``width`` scales the CNN's filter counts (see cnn.build_cnn).
     ``camera_effects``: augment the patches with noise, exposure and JPEG (cnn.make_dataset).
     ``on_epoch(epoch, logs)`` is called after each epoch (progress reports).
-    """
-    import tensorflow as tf
 
+    It trains under the Keras backend of the process (KERAS_BACKEND), on its GPU when it sees one (docs/gpu.md).
+    ``batch_size`` 'auto': 128 on a CPU, 512 on a GPU; ``learning_rate`` None: 2e-3, times √(batch / 128) when the
+    batch size is 'auto' too (4e-3 at 512).
+    ``precision``: 'auto' (mixed on a GPU of compute capability 7.0 or more, else float32), 'float32' or 'mixed'
+    (cnn.resolve_precision). ``camera_workers``: processes for the camera effects (None: cnn.camera_workers_for).
+    cnn.onnx is written where this environment can export ONNX (TensorFlow with tf2onnx, JAX with jax2onnx, torch);
+    elsewhere the result's ``onnx`` says why not, cnn.keras serves the later stages, and ``python -m
+    ensemble.export`` writes it later.
+    """
+    from . import cnn as cnn_lib
     from .cnn import sample_patches, scoring_model, train_cnn
     from .plots import training_curves
-    from .runtime import export_onnx
+    from .runtime import try_export_onnx
 
     start = time.time()
     out_dir = Path(out_dir)
@@ -159,10 +170,16 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
                            patch_size)
     val = None if len(meta_idx) == 0 else sample_patches([data.images[i] for i in meta_idx], labels[meta_idx],
                                                           patches_per_image, False, seed + 1, patch_size)
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    model, epochs_run = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose,
-                                  on_epoch, width, camera_effects)
-    export_onnx(scoring_model(model), out_dir / "cnn.onnx")
+    backend, gpus = cnn_lib.backend(), cnn_lib.gpus()
+    policy = cnn_lib.resolve_precision(precision, backend, gpus)
+    auto_batch, batch_size = batch_size in (None, "auto"), cnn_lib.resolve_batch_size(batch_size, gpus)
+    if learning_rate is None:  # scaled with the batch only where the batch size was chosen here too
+        learning_rate = cnn_lib.default_learning_rate(batch_size) if auto_batch else cnn_lib.BASE_LEARNING_RATE
+    workers = cnn_lib.camera_workers_for(gpus) if camera_workers is None else camera_workers
+    fit = train_cnn(train, val, out_dir, epochs, batch_size, learning_rate, patience, seed, verbose, on_epoch, width,
+                    camera_effects, policy, workers if camera_effects else 0)
+    model, epochs_run = fit.model, fit.epochs_run
+    onnx_note = try_export_onnx(scoring_model(model), out_dir / "cnn.onnx")
     training_curves(out_dir / "training_log.csv", out_dir / "training_curves.png")
     val_scores = {} if val is None else model.evaluate(*_xy(val), batch_size=512, verbose=0, return_dict=True)
     info = {
@@ -179,11 +196,14 @@ def train_cnn_stage(train_pkl: str | Path, out_dir: str | Path, epochs: int = 14
                             "camera_effects": camera_effects},
         "epochs_run": epochs_run,
         "val_patch_metrics": {k: round(float(v), 4) for k, v in val_scores.items()},
-        "devices": gpus or ["CPU"], "params": int(model.count_params()),
+        "devices": cnn_lib.device_names(gpus), "params": int(model.count_params()),
+        "backend": backend, "precision": policy, "input_pipeline": fit.input_pipeline,
+        "epoch_seconds": fit.epoch_seconds,
     }
     atomic_write(out_dir / "cnn.json", json.dumps(info, indent=1))
     return {"stage": "CNN", "out": str(out_dir), **{k: info[k] for k in ("images", "patches", "epochs_run",
-            "val_patch_metrics", "devices", "params")}, **_stats(start)}
+            "val_patch_metrics", "devices", "params", "backend", "precision", "epoch_seconds")},
+            "onnx": onnx_note or "written", **_stats(start)}
 
 
 def _xy(patches):
@@ -211,7 +231,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     ``validation_metrics`` are those of the images as they are, ``camera_validation_metrics`` of the copies.
     """
     from .meta import fit_bag
-    from .runtime import OnnxModel, export_onnx
+    from .runtime import load_cnn, try_export_onnx
 
     start = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -227,7 +247,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
     idx, cnn_idx = np.flatnonzero(held), np.flatnonzero(~held)
     y_all = np.asarray(data.labels).astype(int)
     y = y_all[idx]
-    cnn = OnnxModel(model_dir / "cnn.onnx")
+    cnn = load_cnn(model_dir)  # cnn.onnx, or cnn.keras where this environment could not export it
     patch_size = int(cnn_info["hyperparameters"].get("patch_size", PATCH_SIZE))
     x_all = feature_matrix(data.images, cnn, progress=_bar("features", progress), patch_size=patch_size)
     x = x_all[idx]
@@ -247,7 +267,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
                   [(rows(tr), rows(va)) for tr, va in fold_idx], members, seed, max_epochs=max_epochs,
                   patience=patience, learning_rate=learning_rate, hidden=hidden, dropout=dropout, l2=l2)
     fit.model.save(out_dir / "meta.keras")
-    export_onnx(fit.model, out_dir / "meta.onnx")
+    onnx_note = try_export_onnx(fit.model, out_dir / "meta.onnx")
 
     # Baselines for test.py, tuned on training data only.
     all_lap = np.array([laplacian_variance(g) for g in tqdm(data.images, desc="laplacian", disable=not progress,
@@ -291,7 +311,7 @@ def train_meta_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str 
             "members": members, "epochs": [m.epochs for m in fit.members],
             "validation": metadata["validation_metrics"],
             "camera_validation": metadata["camera_validation_metrics"],
-            "laplacian_threshold": round(lap_threshold, 2), **_stats(start)}
+            "laplacian_threshold": round(lap_threshold, 2), "onnx": onnx_note or "written", **_stats(start)}
 
 
 def _split_key(split: dict | None) -> dict | None:
@@ -348,7 +368,7 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
     from .blur_kind import KIND_FEATURE_NAMES, KIND_INFO, KIND_MODEL
     from .kind_training import (ANGLE_MIN_LENGTH, DEFOCUS_RADIUS, GAUSSIAN_SIGMA, KIND_SHARES, MOTION_LENGTH,
                                 VISIBLE, KindRows, fit_kind_head, real_rows, synthetic_rows)
-    from .runtime import OnnxModel, export_onnx
+    from .runtime import OnnxModel, try_export_onnx
 
     start = time.time()
     out_dir = Path(out_dir)
@@ -365,12 +385,20 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
     rows = KindRows.join([synthetic, real])
     fold_idx = list(datasets.scene_folds(list(rows.scene), folds, seed, labels=rows.kind))
     fit = fit_kind_head(rows, fold_idx, max_epochs=max_epochs, patience=patience, seed=seed)
-    export_onnx(fit.model, out_dir / KIND_MODEL)
-    # The exported graph must answer as the Keras model does, or every scan would carry a wrong kind.
-    probe = rows.x[: min(64, len(rows))]
-    gap = float(np.abs(OnnxModel(out_dir / KIND_MODEL)(probe) - np.asarray(fit.model(probe, training=False))).max())
-    if gap > 1e-3:
-        raise RuntimeError(f"the exported kind head differs from the trained one by {gap:.2g}")
+    kind_keras = out_dir / KIND_MODEL.replace(".onnx", ".keras")
+    onnx_note = try_export_onnx(fit.model, out_dir / KIND_MODEL)
+    if onnx_note is None:
+        kind_keras.unlink(missing_ok=True)  # from an earlier run that could not export
+        # The exported graph must answer as the Keras model does, or every scan would carry a wrong kind.
+        import keras
+
+        probe = rows.x[: min(64, len(rows))]
+        gap = float(np.abs(OnnxModel(out_dir / KIND_MODEL)(probe)
+                           - keras.ops.convert_to_numpy(fit.model(probe, training=False))).max())
+        if gap > 1e-3:
+            raise RuntimeError(f"the exported kind head differs from the trained one by {gap:.2g}")
+    else:  # kept for `python -m ensemble.export`; scans run without a kind head until then
+        fit.model.save(kind_keras)
     info = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "feature_names": list(KIND_FEATURE_NAMES),
@@ -388,7 +416,8 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
     }
     atomic_write(out_dir / KIND_INFO, json.dumps(info, indent=1))
     return {"stage": "kind head", "out": str(out_dir / KIND_MODEL), "rows": len(rows), "real_kind_rows": len(real),
-            "epochs": fit.epochs, "validation": fit.validation["all"], **_stats(start)}
+            "epochs": fit.epochs, "validation": fit.validation["all"], "onnx": onnx_note or "written",
+            **_stats(start)}
 
 
 def evaluate_kind(data, detector, seed: int = KIND_EVAL_SEED, progress: bool = True) -> dict | None:

@@ -7,6 +7,11 @@ called from ``workers`` Python threads that each decode and score whole images. 
 Runtime all release the GIL, so the threads really run side by side. Measured on 2 busy cores with 12 MP JPEGs:
 13.5 images/s this way, the same with one detector per thread (so sharing saves memory for nothing), 10-12 with
 decoding threads feeding batched multi-threaded ONNX calls, 9.5 with one image at a time on a multi-threaded session.
+
+On a GPU (``BlurDetector.load(device="cuda")``, or ``auto`` where CUDA loads) the same workers decode and finish
+images on the CPU, and their CNN calls, made at the same time, are joined into batches of up to 512 patches by the
+detector's :class:`~ensemble.batching.PatchBatcher`, so the GPU gets few large calls instead of one small call per
+image. The records are the same either way.
 """
 from __future__ import annotations
 

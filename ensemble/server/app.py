@@ -12,7 +12,7 @@ Routes (every ``/api`` route needs the token when there is one; see :mod:`ensemb
     GET    /api/jobs                     the runs kept, newest first
     GET    /api/jobs/{id}                status, stage, progress %, log tail, metrics
     DELETE /api/jobs/{id}                cancel a run
-    GET    /healthz                      liveness, and the model being served
+    GET    /healthz                      liveness, the model being served and the device it runs on
     GET    /                             a page pointing to /docs, or the review page with --root
 
 Errors are JSON ``{"detail": "one line"}``: 401 no token, 403 a state-changing request from another site (any
@@ -84,6 +84,7 @@ class ServerSettings:
     shipped model (None: the default one). ``header_timeout``: seconds a request's line and headers may take in
     all; ``body_timeout``: seconds of waiting for more of a body; ``min_upload_rate``: bytes/s a body must average
     (see :mod:`ensemble.server.timeouts`; the header timer needs the server, ``blur-detect serve``, not the app).
+    ``device``: where the CNN runs, 'auto', 'cpu' or 'cuda' (BlurDetector.load).
     """
 
     host: str = "127.0.0.1"
@@ -101,6 +102,9 @@ class ServerSettings:
     header_timeout: float = HEADER_TIMEOUT_S
     body_timeout: float = BODY_TIMEOUT_S
     min_upload_rate: float = MIN_UPLOAD_RATE
+    device: str = "cpu"
+    mlflow_uri: Optional[str] = None
+    """Track every training job in this MLflow store (``serve --mlflow``, docs/tracking.md); None: no tracking."""
 
     @property
     def auth_required(self) -> bool:
@@ -216,6 +220,9 @@ class Health(BaseModel):
     status: str
     model: str
     version: str
+    device: Literal["cpu", "cuda"] = Field(description="where the model's CNN runs")
+    device_detail: Optional[str] = Field(None, description="the GPU's name on cuda; on cpu, why not a GPU when "
+                                                           "--device auto found none (else null)")
 
 
 def _errors(*codes: int) -> dict:
@@ -264,8 +271,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
         check_token(settings.token)
     elif settings.auth_required:
         raise ValueError(f"a token is required to serve on {settings.host}, which is not a loopback address")
-    registry = ModelRegistry(settings.models_dir, settings.shipped_model, threads=1)
-    jobs = JobManager(settings.models_dir, settings.data_roots, registry.exists)
+    registry = ModelRegistry(settings.models_dir, settings.shipped_model, threads=1, device=settings.device)
+    jobs = JobManager(settings.models_dir, settings.data_roots, registry.exists, mlflow_uri=settings.mlflow_uri)
     review = None
     if settings.root is not None:
         from ..review.service import ReviewService
@@ -387,10 +394,11 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
     @app.get("/healthz", response_model=Health, tags=["health"], responses=_errors(503), summary="Liveness")
     def healthz():
         try:
-            name = registry.current()[0]
+            name, detector = registry.current()
         except ModelError as err:
             return JSONResponse({"detail": str(err)}, status_code=503)
-        return {"status": "ok", "model": name, "version": __version__}
+        return {"status": "ok", "model": name, "version": __version__, "device": getattr(detector, "device", "cpu"),
+                "device_detail": getattr(detector, "device_detail", None)}
 
     if review is None:
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -2,10 +2,12 @@
 
     blur-detect serve [--host 127.0.0.1] [--port 8000] [--workers N] [--token T] [--models-dir DIR]
                       [--root DIR] [--data-root DIR]... [--max-upload-mb 50] [--max-files 32] [--log-level info]
-                      [--header-timeout 10] [--body-timeout 30] [--min-upload-rate 1]
+                      [--header-timeout 10] [--body-timeout 30] [--min-upload-rate 1] [--device auto|cpu|cuda]
+                      [--mlflow [URI]]
 
 Exit status: 0 after a clean shutdown (Ctrl-C), 1 when the server cannot start (port in use, model missing, folder
-not writable, ``--root`` already served by another server: one ``error:`` line, never a traceback), 2 usage error.
+not writable, ``--root`` already served by another server: one ``error:`` line, never a traceback), 2 usage error
+(``--device cuda`` where CUDA cannot be used included).
 
 Everything heavy (FastAPI, uvicorn, ONNX Runtime) is imported inside :func:`run`, so ``blur-detect --help`` stays
 instant.
@@ -69,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slowest average a request body may arrive at, in KB/s, once the first --body-timeout "
                         f"seconds are spent (default: {MIN_UPLOAD_RATE / 1024:g}); a slower one is answered 408")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="server log detail (default: info)")
+    p.add_argument("--mlflow", nargs="?", const="./mlruns", default=None, metavar="URI",
+                   help="track every training job in MLflow at URI; a bare --mlflow uses a local file store, "
+                        "./mlruns in the current folder (needs the track extra: pip install 'blur-ensemble[track]')")
+    from ..cli import add_device_argument
+
+    add_device_argument(p)
 
 
 def _err(message: str) -> None:
@@ -85,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
         _err(f"error: blur-detect serve needs the 'serve' extra (missing: {', '.join(missing)}): "
              "pip install 'blur-ensemble[serve]'")
         return 1
+    from ..cli import cuda_precheck, device_error_line
+
+    problem = cuda_precheck(args.device)
+    if problem:
+        _err(problem)
+        return 2
     from .auth import check_token, is_loopback, loopback_hosts
 
     token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
@@ -113,6 +127,16 @@ def run(args: argparse.Namespace) -> int:
             if not os.path.isdir(folder):
                 parser.error(f"--data-root: {folder} is not a folder")
         data_roots = tuple(Path(f).expanduser().resolve() for f in args.data_root)
+    mlflow_uri = None
+    if getattr(args, "mlflow", None) is not None:  # docs/tracking.md
+        from ..tracking import TrackingError, require, resolve_uri
+
+        try:
+            require()
+        except TrackingError as err:
+            _err(str(err))
+            return 2
+        mlflow_uri = resolve_uri(args.mlflow)
     workers = args.workers
     if root is not None and workers > 1:
         _err(f"note: --root keeps the review page's background scan in one process: serving with 1 worker, "
@@ -120,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         workers = 1
 
     from ..review.lock import RootInUse
+    from ..runtime import DeviceError
     from .app import SETTINGS_ENV, ServerSettings, create_app
     from .models import ModelError
 
@@ -130,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
                               max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
                               trusted_hosts=loopback_hosts(args.host) if loopback else None,
                               header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                              min_upload_rate=args.min_upload_rate * 1024, **extra)
+                              min_upload_rate=args.min_upload_rate * 1024, device=args.device or "auto",
+                              mlflow_uri=mlflow_uri, **extra)
     try:
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         probe = settings.models_dir / f".write-test-{os.getpid()}"
@@ -141,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         app = create_app(settings)
-        model = app.state.registry.current()[0]  # a missing or broken model fails here, in one line
+        model, detector = app.state.registry.current()  # a missing or broken model fails here, in one line
+    except DeviceError as err:  # --device cuda, and the CUDA provider is there but does not load
+        _err(device_error_line(err.reason))
+        return 2
     except ModelError as err:
         _err(f"error: cannot load the model: {err}")
         return 1
@@ -160,8 +189,11 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{port}/"
+    _err(detector.device_line())
     _err(f"blur-detect serve: listening on {url} (model {model!r}, {workers} worker{'s' if workers > 1 else ''}, "
          f"models in {settings.models_dir})")
+    if mlflow_uri is not None:
+        _err(f"training jobs are tracked in MLflow at {mlflow_uri}")
     if generated:
         _err(f"no --token given for {args.host}, which other machines can reach: generated one.\n"
              f"  API:     curl -H 'Authorization: Bearer {token}' {url}api/models\n"

@@ -166,14 +166,17 @@ class JobManager:
     """Starts, follows and cancels training runs for the models under ``models_dir``.
 
     ``data_roots``: the folders training data must lie in. ``model_exists(name)``: whether a model name is taken.
+    ``mlflow_uri``: track every run in this MLflow store (``serve --mlflow``; docs/tracking.md), or None.
     """
 
-    def __init__(self, models_dir: str | os.PathLike, data_roots: Sequence[str | os.PathLike], model_exists=None):
+    def __init__(self, models_dir: str | os.PathLike, data_roots: Sequence[str | os.PathLike], model_exists=None,
+                 mlflow_uri: Optional[str] = None):
         self.models_dir = Path(models_dir)
         self.dir = self.models_dir / JOBS_DIR
         self.data_roots = [Path(r).resolve() for r in data_roots]
         self.model_exists = model_exists or (lambda name: os.path.lexists(self.models_dir / name))
         self._children: dict[str, object] = {}  # job id -> multiprocessing Process started by this process
+        self.mlflow_uri = mlflow_uri
 
     # -- paths and files ----------------------------------------------------------------------------------------
     def _job_dir(self, job_id: str) -> Path:
@@ -229,7 +232,7 @@ class JobManager:
             state = {"id": job_id, "status": "queued", "stage": "queued", "progress": 0.0, "model": name,
                      "params": {**params, "layout": layout, "name": name}, "data_path": str(data),
                      "images": n_images, "created": _now(), "created_at": time.time(), "started": None,
-                     "finished": None, "pid": None, "error": None, "metrics": None}
+                     "finished": None, "pid": None, "error": None, "metrics": None, "mlflow": self.mlflow_uri}
             self._write(state)
             self._spawn(job_id)
         return self.get(job_id)
@@ -507,8 +510,9 @@ def run_job(job_dir: str, models_dir: str, run_lock: str, ready) -> None:
 
 def _known_error(err: BaseException) -> bool:
     from ..datasets import DatasetError
+    from ..tracking import TrackingError
 
-    return isinstance(err, (DatasetError, ValueError, OSError, MemoryError))
+    return isinstance(err, (DatasetError, ValueError, OSError, MemoryError, TrackingError))
 
 
 def _redirect_output(path: Path) -> None:
@@ -526,6 +530,21 @@ def _redirect_output(path: Path) -> None:
             pass
 
 
+def _tracked_call(run: _Run, params: dict, name: str, out: Path, target: Path):
+    """How ``_train`` calls a pipeline stage: directly, or as a child run of the job's parent MLflow run (named for
+    the model) when the server tracks (``serve --mlflow``)."""
+    uri = run.state.get("mlflow")
+    if not uri:
+        return lambda func, *args, **kwargs: func(*args, **kwargs)
+    from ..tracking import Tracker
+
+    tracker = Tracker(uri, params=params, parent_name=name, quiet=True,
+                      parent_tags={"blur.job": run.state["id"], "blur.trained_by": "blur-detect serve"},
+                      moved_to=(out, target))
+    run.log(f"tracking in MLflow at {uri}")
+    return tracker.run
+
+
 def _train(run: _Run, work: Path, models_dir: Path) -> dict:
     """The pipeline's stages on the job's data, into ``work``; on success the model is moved into ``models_dir``.
 
@@ -541,6 +560,7 @@ def _train(run: _Run, work: Path, models_dir: Path) -> dict:
     (work / "data").mkdir(parents=True, exist_ok=True)
     train_pkl, test_pkl = work / "data" / "train.pkl", work / "data" / "test.pkl"
     held_out = layout in ("csv", "folders")  # CERTH training sets have no scenes to hold out
+    call = _tracked_call(run, p, name, out, models_dir / name)
 
     run.stage("loading data")
     loaded = pipeline.load_split(data, "train", train_pkl, layout, p["test_fraction"], p["seed"], progress=False)
@@ -563,21 +583,21 @@ def _train(run: _Run, work: Path, models_dir: Path) -> dict:
         run.log(f"CNN epoch {epoch}/{epochs}: {shown}")
         run.update(progress=STAGES["training CNN"] + span * min(1.0, epoch / epochs))
 
-    pipeline.train_cnn_stage(train_pkl, out / "model", epochs=epochs, batch_size=p["batch_size"],
-                             patches_per_image=p["patches_per_image"], patience=p["patience"], seed=p["seed"],
-                             verbose=2, patch_size=p["patch_size"], on_epoch=on_epoch, meta_fraction=p["meta_fraction"])
+    call(pipeline.train_cnn_stage, train_pkl, out / "model", epochs=epochs, batch_size=p["batch_size"],
+         patches_per_image=p["patches_per_image"], patience=p["patience"], seed=p["seed"], verbose=2,
+         patch_size=p["patch_size"], on_epoch=on_epoch, meta_fraction=p["meta_fraction"])
 
     run.stage("training meta-network")
-    trained = pipeline.train_meta_stage(train_pkl, out / "model", out / "final_model", folds=p["meta_folds"],
-                                        max_epochs=p["meta_max_epochs"], patience=p["meta_patience"],
-                                        seed=p["seed"], progress=False, members=p["meta_members"])
+    trained = call(pipeline.train_meta_stage, train_pkl, out / "model", out / "final_model", folds=p["meta_folds"],
+                   max_epochs=p["meta_max_epochs"], patience=p["meta_patience"], seed=p["seed"], progress=False,
+                   members=p["meta_members"])
     run.log(f"meta-network: {trained['members']} averaged, epochs {trained['epochs']}, "
             f"cross-validated {trained['validation']}")
     test = None
     if held_out:
         run.stage("evaluating")
-        report = pipeline.evaluate_stage(test_pkl, out, plots_dir=out / "reports",
-                                         json_out=out / "reports" / "test_report.json", progress=False)
+        report = call(pipeline.evaluate_stage, test_pkl, out, plots_dir=out / "reports",
+                      json_out=out / "reports" / "test_report.json", progress=False)
         test = report["sets"]["all"]["ensemble"]
         run.log(f"held-out scenes: {test}")
 

@@ -101,15 +101,19 @@ def _read_entry(name: str, root: Path, shipped: bool) -> ModelEntry:
 class ModelRegistry:
     """The models under ``models_dir`` plus the shipped one at ``shipped_root``, and the active detector.
 
-    ``threads``: ONNX Runtime threads per session (1: requests run side by side on their own threads).
+    ``threads``: ONNX Runtime threads per session (1: requests run side by side on their own threads). ``device``:
+    where the CNN runs ('auto', 'cpu' or 'cuda', as for BlurDetector.load); on a GPU the CNN calls of requests
+    scored at the same time are joined (ensemble.batching).
     """
 
-    def __init__(self, models_dir: str | os.PathLike, shipped_root: str | os.PathLike | None = None, threads: int = 1):
+    def __init__(self, models_dir: str | os.PathLike, shipped_root: str | os.PathLike | None = None, threads: int = 1,
+                 device: str = "cpu"):
         from ..detector import default_model_root
 
         self.models_dir = Path(models_dir)
         self.shipped_root = Path(shipped_root) if shipped_root is not None else default_model_root()
         self.threads = threads
+        self.device = device
         self._lock = threading.Lock()  # one load at a time; readers never wait on it
         self._current: Optional[tuple[str, object]] = None  # (name, BlurDetector), replaced whole
         self._stamp: Optional[tuple] = None  # active.json stamp the current detector answers to
@@ -203,12 +207,17 @@ class ModelRegistry:
     def load(self, name: str):
         """Load and probe the model ``name``; ModelError 404/422 with one line when it cannot serve."""
         from ..detector import BlurDetector
+        from ..runtime import DeviceError
 
         entry = self.entry(name)
         if entry.error:
             raise ModelError(422, f"model {name!r} cannot be used: {entry.error}")
         try:
-            detector = BlurDetector.load(entry.root, threads=self.threads).check()  # fails here, not on an upload
+            detector = BlurDetector.load(entry.root, threads=self.threads, device=self.device).check()  # fails here
+        except DeviceError as err:
+            if self._current is None:
+                raise  # at start-up: blur-detect serve --device cuda exits with it (status 2)
+            raise ModelError(422, f"model {name!r} cannot be loaded: {err}") from None
         except Exception as err:  # noqa: BLE001 - any broken model file is one line for the user
             raise ModelError(422, f"model {name!r} cannot be loaded: {' '.join(str(err).split())}") from None
         return detector
