@@ -33,6 +33,11 @@ LOCAL_STORE = "./mlruns"
 RECORD = "mlflow_run.json"
 """The file a tracked stage leaves in the model folder it wrote, for the next stage to find the parent run."""
 PARENT_ENV = "BLUR_MLFLOW_PARENT"
+
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""MLflow's HTTP settings for a tracking server, unless the environment sets them: a server that is down or
+unreachable is reported in under a minute, before any training starts."""
 """Environment variable: an existing run id that every tracked stage nests under."""
 EXPERIMENT = "blur-ensemble"
 """The experiment runs go to, unless $MLFLOW_EXPERIMENT_NAME names another."""
@@ -262,6 +267,9 @@ class Tracker:
         self.uri = resolve_uri(uri)
         if _is_file_store(self.uri):  # MLflow 3 keeps its file store only on request; this is the one we document
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        else:  # MLflow's own default (7 retries, 120 s each) makes a server that is down look like a hang
+            for name, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
         self.params = {k: v for k, v in (params or {}).items() if k != "mlflow"}
         self.parent_name, self.parent_tags, self.quiet = parent_name, dict(parent_tags or {}), quiet
         self.moved_to = None if moved_to is None else (Path(moved_to[0]).resolve(), Path(moved_to[1]))

@@ -175,6 +175,17 @@ def test_missing_mlflow_is_one_line_and_exit_2(tmp_path, name):
     assert proc.stderr.strip() == MISSING and not (tmp_path / "mlruns").exists()
 
 
+def test_a_tracking_server_that_is_down_is_one_line_not_a_hang(tmp_path, mlflow_installed):
+    """Port 9 (discard) has no MLflow server: the stage stops with one line before any work, not after MLflow's
+    own minutes of retries (the subprocess timeout catches a hang)."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("MLFLOW_HTTP_")}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "test.py"), "--test", "nope.pkl", "--mlflow",
+                           "http://127.0.0.1:9"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: mlflow:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_uris_and_stale_records(tmp_path):
     from ensemble import tracking
 
