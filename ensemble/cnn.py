@@ -418,10 +418,8 @@ def resolve_precision(precision: str, backend_name: str, gpu_list: list[dict]) -
     caps = [g.get("compute_capability") or (0, 0) for g in gpu_list]
     if precision == "float32" or (precision == "auto" and (not caps or min(caps) < (7, 0))):
         return "float32"
-    if backend_name != "tensorflow" and caps and min(caps) >= (8, 0):
+    if backend_name != "tensorflow" and (not caps or min(caps) >= (8, 0)):  # on a CPU bfloat16 is the half type
         return "mixed_bfloat16"
-    if backend_name != "tensorflow" and not caps:
-        return "mixed_bfloat16"  # asked for on a CPU: bfloat16 is the CPU's half type
     return "mixed_float16"
 
 
@@ -439,8 +437,12 @@ def resolve_batch_size(batch_size, gpu_list: list[dict]) -> int:
 
 
 def default_learning_rate(batch_size: int) -> float:
-    """BASE_LEARNING_RATE × √(batch_size / CPU_BATCH) (Adam's usual square-root scaling): 2e-3 at 128, 4e-3 at 512."""
-    return BASE_LEARNING_RATE if batch_size == CPU_BATCH else BASE_LEARNING_RATE * math.sqrt(batch_size / CPU_BATCH)
+    """BASE_LEARNING_RATE × √(batch_size / CPU_BATCH), Adam's usual square-root scaling: 2e-3 at 128, 4e-3 at 512."""
+    return BASE_LEARNING_RATE * math.sqrt(batch_size / CPU_BATCH)
+
+
+MAX_CAMERA_WORKERS = 32
+"""About 100,000 patches/s: more than the CNN's training step takes on one GPU."""
 
 
 def camera_workers_for(gpu_list: list[dict]) -> int:
@@ -452,10 +454,6 @@ def camera_workers_for(gpu_list: list[dict]) -> int:
     if not gpu_list:
         return 0
     return max(1, min(MAX_CAMERA_WORKERS, (os.cpu_count() or 2) - 2))
-
-
-MAX_CAMERA_WORKERS = 32
-"""About 100,000 patches/s: more than the CNN's training step takes on one GPU."""
 
 
 @dataclass

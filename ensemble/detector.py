@@ -22,8 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .blur_kind import KindHead, kind_features
-from .features import (FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, check_scores, job_features,
-                       prepare_patches, score_jobs)
+from .features import FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, job_matrix, prepare_patches, score_jobs
 from .focus import no_detail
 from .imageio import Decoded, decoded_array, load_image, to_gray
 from .noise import image_noise_sigma
@@ -274,11 +273,8 @@ class BlurDetector:
         elif isinstance(item, (str, os.PathLike)):
             decoded = self.decode(item)
         else:
-            decoded = self._decoded_array(item)
+            decoded = decoded_array(to_gray(item), self.analysis_side)
         return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size))
-
-    def _decoded_array(self, image: np.ndarray) -> Decoded:
-        return decoded_array(to_gray(image), self.analysis_side)
 
     def score(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Step 2: each image's CNN scores, float32 (patch_count, 1 + EMBED_DIM), from one CNN call (joined with
@@ -290,8 +286,7 @@ class BlurDetector:
         """Step 3: the results of ``prepared`` from their CNN ``scores`` (one meta-network and one kind-head call)."""
         if not prepared:
             return []
-        done = [job_features(p.job, check_scores(np.asarray(s))) for p, s in zip(prepared, scores)]
-        feats = np.asarray([row for row, _ in done], dtype=np.float32).reshape(len(prepared), len(FEATURE_NAMES))
+        feats, probs = job_matrix([p.job for p in prepared], scores)
         grays = [p.decoded.pixels for p in prepared]
         sizes = [(p.decoded.width, p.decoded.height) for p in prepared]
         grids = [p.job.grid for p in prepared]
@@ -302,7 +297,7 @@ class BlurDetector:
         noise = feats[:, NOISE_INDEX].astype(np.float64)
         kinds = self._kinds(grays, sizes, np.expm1(noise), labels)
         results = []
-        for i, (gray, (w, h), gr, (_, p), prob, f) in enumerate(zip(grays, sizes, grids, done, blur, feats)):
+        for i, (gray, (w, h), gr, p, prob, f) in enumerate(zip(grays, sizes, grids, probs, blur, feats)):
             flat = flats[i]
             dec = prepared[i].decoded
             sigma = None if flat else image_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],

@@ -97,6 +97,14 @@ def job_features(job: PatchJob, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     return row.astype(np.float32), p
 
 
+def job_matrix(jobs: Sequence[PatchJob], scores: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The float32 (N, len(FEATURE_NAMES)) feature matrix of ``jobs`` and each one's patch probabilities, from their
+    CNN scores (score_jobs, or a caller's own grouping of the calls)."""
+    done = [job_features(job, check_scores(np.asarray(s))) for job, s in zip(jobs, scores)]
+    feats = np.asarray([row for row, _ in done], dtype=np.float32).reshape(len(jobs), len(FEATURE_NAMES))
+    return feats, [p for _, p in done]
+
+
 def score_jobs(jobs: Sequence[PatchJob], scorer: PatchScorer) -> list[np.ndarray]:
     """Each job's CNN scores, from one call for all their patches."""
     if not jobs:
@@ -118,9 +126,8 @@ def batch_features(
     (NaN for patches not run: see patches.scored_patches).
     """
     jobs = [prepare_patches(g, patch_size) for g in grays]
-    done = [job_features(job, s) for job, s in zip(jobs, score_jobs(jobs, scorer))]
-    feats = np.asarray([row for row, _ in done], dtype=np.float32).reshape(len(grays), len(FEATURE_NAMES))
-    return feats, [job.grid for job in jobs], [p for _, p in done]
+    feats, probs = job_matrix(jobs, score_jobs(jobs, scorer))
+    return feats, [job.grid for job in jobs], probs
 
 
 def feature_matrix(grays: Sequence[np.ndarray], scorer: PatchScorer, batch: int = 32, progress=None,

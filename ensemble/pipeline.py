@@ -368,7 +368,7 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
     from .blur_kind import KIND_FEATURE_NAMES, KIND_INFO, KIND_MODEL
     from .kind_training import (ANGLE_MIN_LENGTH, DEFOCUS_RADIUS, GAUSSIAN_SIGMA, KIND_SHARES, MOTION_LENGTH,
                                 VISIBLE, KindRows, fit_kind_head, real_rows, synthetic_rows)
-    from .runtime import OnnxModel, try_export_onnx
+    from .runtime import try_export_onnx
 
     start = time.time()
     out_dir = Path(out_dir)
@@ -386,17 +386,10 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
     fold_idx = list(datasets.scene_folds(list(rows.scene), folds, seed, labels=rows.kind))
     fit = fit_kind_head(rows, fold_idx, max_epochs=max_epochs, patience=patience, seed=seed)
     kind_keras = out_dir / KIND_MODEL.replace(".onnx", ".keras")
+    # export_onnx checks the graph against the Keras model: a wrong one would give every scan a wrong kind.
     onnx_note = try_export_onnx(fit.model, out_dir / KIND_MODEL)
     if onnx_note is None:
         kind_keras.unlink(missing_ok=True)  # from an earlier run that could not export
-        # The exported graph must answer as the Keras model does, or every scan would carry a wrong kind.
-        import keras
-
-        probe = rows.x[: min(64, len(rows))]
-        gap = float(np.abs(OnnxModel(out_dir / KIND_MODEL)(probe)
-                           - keras.ops.convert_to_numpy(fit.model(probe, training=False))).max())
-        if gap > 1e-3:
-            raise RuntimeError(f"the exported kind head differs from the trained one by {gap:.2g}")
     else:  # kept for `python -m ensemble.export`; scans run without a kind head until then
         fit.model.save(kind_keras)
     info = {
