@@ -22,15 +22,30 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .blur_kind import KindHead, kind_features
+from .content import ContentModel
 from .features import FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, job_matrix, prepare_patches, score_jobs
 from .focus import no_detail
 from .imageio import Decoded, decoded_array, load_image, to_gray
+from .native import prepare_native
 from .noise import image_noise_sigma
 from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
 META_DIR = "final_model"
+NATIVE_META = "meta_native"
+"""final_model/meta_native.onnx (and .keras): the meta-network of native-scale features (ensemble.native)."""
 NOISE_INDEX = FEATURE_NAMES.index("log_noise_sigma")
+
+SCALES = ("screen", "native", "auto")
+"""The scales an image can be judged at (docs/native-scale.md). ``screen``: its short side brought to the analysis
+side (640 px), so a photo gets the same verdict at 1 MP and at 24 MP: how it looks on a screen. ``native``: at its
+own resolution, as seen at 100 % (ensemble.native). ``auto``: ``native`` for a document, ``screen`` for a photo
+(ensemble.content). An image no larger than the analysis side is the same at both scales and is judged as on a
+screen, whatever is asked."""
+
+DEFAULT_SCALE = "auto"
+"""The scale every surface judges at unless told otherwise: photos are judged as before, and document pages at 100 %,
+where a soft page fails OCR although it looks sharp on a screen (README, "Judging at 100 %")."""
 
 LABELS = ("blurry", "sharp", "flat", "error")
 """A scan record's ``label``: ``flat`` is an image with nothing to judge (smaller than 32 pixels on a side, or
@@ -68,7 +83,9 @@ class BlurResult:
     grey levels (0–255) at the original resolution, for every image that is not flat. ``kind_estimate`` holds the
     kind head's answer whatever the label (keys blur_kind, blur_kind_probability, motion_angle, blur_extent_px),
     for surfaces with a threshold of their own (the review page's slider, a camera's threshold); None for a flat
-    image or a model without a kind head.
+    image or a model without a kind head. ``scale`` is the scale it was judged at ('screen' or 'native', see
+    :data:`SCALES`) and ``content`` what it shows ('photo' or 'document'; None for a flat image or a model without
+    a content classifier).
     """
 
     blur_probability: float | None
@@ -87,10 +104,12 @@ class BlurResult:
     blur_extent_px: float | None = None
     noise_sigma: float | None = None
     kind_estimate: dict | None = field(default=None, repr=False, compare=False)
+    scale: str = "screen"
+    content: str | None = None
 
     def record(self, path: str | None = None) -> dict:
         """The scan record (records.RECORD_FIELDS): path, label, blur_probability, laplacian_var, width, height,
-        error (None), blur_kind, blur_kind_probability, motion_angle, blur_extent_px, noise_sigma."""
+        error (None), blur_kind, blur_kind_probability, motion_angle, blur_extent_px, noise_sigma, scale, content."""
         return {
             "path": path,
             "label": self.label,
@@ -104,7 +123,21 @@ class BlurResult:
             "motion_angle": _rounded(self.motion_angle, 1),
             "blur_extent_px": _rounded(self.blur_extent_px, 2),
             "noise_sigma": _rounded(self.noise_sigma, 3),
+            "scale": self.scale,
+            "content": self.content,
         }
+
+
+def check_scale(scale: str) -> str:
+    """``scale`` if it is one of :data:`SCALES`, else ValueError naming them."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
+    return scale
+
+
+def _reduced(decoded: Decoded) -> bool:
+    """Whether ``decoded.pixels`` are smaller than the image: only then does native scale differ from screen."""
+    return decoded.full is not None or min(decoded.pixels.shape[:2]) < min(decoded.width, decoded.height)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -119,6 +152,11 @@ class Prepared:
 
     decoded: Decoded
     job: PatchJob
+    scale: str = "screen"
+    content: str | None = None
+    cell: int = 0
+    """``scale``: 'screen' or 'native', what the image is judged at; ``content``: 'photo', 'document' or None (no
+    content classifier); ``cell``: at native scale, the side of the job's cells in full-resolution pixels."""
 
     @property
     def patch_count(self) -> int:
@@ -143,25 +181,31 @@ class BlurDetector:
     kind head (blur_kind.KindHead), or None for a model folder without one (the kind fields are then None).
     """
 
-    def __init__(self, cnn, meta, metadata: dict, threshold: float | None = None, kind: KindHead | None = None):
+    def __init__(self, cnn, meta, metadata: dict, threshold: float | None = None, kind: KindHead | None = None,
+                 meta_native=None, content: ContentModel | None = None, scale: str = DEFAULT_SCALE):
         self.cnn = cnn
         self.meta = meta
+        self.meta_native = meta_native
         self.metadata = metadata
         self.kind = kind
+        self.content = content
+        self.scale = check_scale(scale)
         self.threshold = float(threshold if threshold is not None else metadata.get("threshold", 0.5))
         self.analysis_side = int(metadata.get("analysis_side", 640))
         self.patch_size = int(metadata.get("cnn", {}).get("hyperparameters", {}).get("patch_size", PATCH_SIZE))
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, runtime: str = "onnx", threads: int = 0,
-             threshold: float | None = None, device: str = "cpu", batch: bool | None = None) -> "BlurDetector":
+             threshold: float | None = None, device: str = "cpu", batch: bool | None = None,
+             scale: str = DEFAULT_SCALE) -> "BlurDetector":
         """Load ``path``/model and ``path``/final_model (default: the shipped ones).
 
         ``runtime``: 'onnx' (fast, no TensorFlow) or 'keras'. ``threads``: ONNX Runtime threads, 0 = all cores.
         ``device``: where the CNN runs: 'cpu', 'cuda' (runtime.DeviceError when CUDA cannot be used) or 'auto'
         (CUDA when its execution provider loads, else the CPU); the meta-network and the kind head, a few
         microseconds an image, stay on the CPU. ``batch``: join the CNN calls that several threads make at the same
-        time into one (ensemble.batching); None: on a GPU only (:data:`CPU_BATCHING`).
+        time into one (ensemble.batching); None: on a GPU only (:data:`CPU_BATCHING`). ``scale``: the scale the
+        predict methods judge at when not told (:data:`SCALES`).
         """
         from .runtime import check_device
 
@@ -176,11 +220,13 @@ class BlurDetector:
             # An older meta-network would still run on a vector of the right length, and silently score nonsense.
             raise ValueError(f"{meta_file.parent} was trained on other features than this version computes: "
                              "retrain it with train.py")
+        native_file = root / META_DIR / f"{NATIVE_META}.onnx"
         if runtime == "onnx":
             from .runtime import OnnxModel
 
             cnn = OnnxModel(root / CNN_DIR / "cnn.onnx", threads, device)
             meta = OnnxModel(root / META_DIR / "meta.onnx", threads)
+            meta_native = OnnxModel(native_file, threads) if native_file.exists() else None
         elif runtime == "keras":
             if device == "cuda":
                 raise ValueError("device='cuda' needs runtime='onnx'")
@@ -189,6 +235,8 @@ class BlurDetector:
 
             cnn = KerasModel(scoring_model(load_keras(root / CNN_DIR / "cnn.keras")))
             meta = KerasModel(load_keras(root / META_DIR / "meta.keras"))
+            native_keras = native_file.with_suffix(".keras")
+            meta_native = KerasModel(load_keras(native_keras)) if native_keras.exists() else None
         else:
             raise ValueError(f"runtime must be 'onnx' or 'keras', not {runtime!r}")
         if batch if batch is not None else (getattr(cnn, "device", "cpu") == "cuda" or CPU_BATCHING):
@@ -196,7 +244,8 @@ class BlurDetector:
 
             cnn = PatchBatcher(cnn)
         # The kind head runs on ONNX Runtime whatever the runtime: it ships as kind.onnx only.
-        return cls(cnn, meta, metadata, threshold, KindHead.load(root / META_DIR, threads))
+        return cls(cnn, meta, metadata, threshold, KindHead.load(root / META_DIR, threads), meta_native,
+                   ContentModel.load(root / META_DIR), scale)
 
     # -- where it runs ------------------------------------------------------------------------------------------
     @property
@@ -231,50 +280,87 @@ class BlurDetector:
         return self
 
     # -- prediction ---------------------------------------------------------------------------------------------
-    def predict_array(self, image: np.ndarray, with_map: bool = True) -> BlurResult:
+    # ``scale`` (every method): 'screen', 'native' or 'auto' (SCALES); None: the detector's own (self.scale).
+    def predict_array(self, image: np.ndarray, with_map: bool = True, scale: str | None = None) -> BlurResult:
         """Score one image array: (H, W) grey or (H, W, 3) RGB, uint8/uint16/float in [0, 1], any resolution."""
-        return self._predict([self.prepare(image)], with_map)[0]
+        return self._predict([self.prepare(image, scale)], with_map)[0]
 
-    def predict_path(self, path: str | os.PathLike, with_map: bool = True) -> BlurResult:
+    def predict_path(self, path: str | os.PathLike, with_map: bool = True, scale: str | None = None) -> BlurResult:
         """Score one image file. Raises ImageError with a one-line reason if it cannot be read."""
-        return self.predict_decoded([self.decode(path)], with_map)[0]
+        return self.predict_decoded([self.decode(path, scale)], with_map, scale)[0]
 
-    def predict_batch(self, items: Sequence, with_map: bool = False) -> list[BlurResult]:
-        """Score several images (paths or arrays) with one CNN call and one meta-network call."""
-        return self._predict([self.prepare(item) for item in items], with_map)
+    def predict_batch(self, items: Sequence, with_map: bool = False, scale: str | None = None) -> list[BlurResult]:
+        """Score several images (paths or arrays) with one CNN call and one meta-network call per scale."""
+        return self._predict([self.prepare(item, scale) for item in items], with_map)
 
-    def predict_proba(self, images: Iterable) -> np.ndarray:
-        """Calibrated P(blurry) for each image (paths or arrays), float (N,)."""
-        return np.array([r.blur_probability for r in self.predict_batch(list(images))])
+    def predict_proba(self, images: Iterable, scale: str | None = None) -> np.ndarray:
+        """Calibrated P(blurry) for each image (paths or arrays), float (N,); NaN for a flat image."""
+        return np.array([np.nan if r.blur_probability is None else r.blur_probability
+                         for r in self.predict_batch(list(images), scale=scale)])
 
-    def predict(self, images: Iterable) -> np.ndarray:
-        """1 for blurry, 0 for sharp, int (N,)."""
-        return (self.predict_proba(images) >= self.threshold).astype(int)
+    def predict(self, images: Iterable, scale: str | None = None) -> np.ndarray:
+        """1 for blurry, 0 for sharp (and for a flat image), int (N,)."""
+        return (self.predict_proba(images, scale) >= self.threshold).astype(int)
 
-    def decode(self, path: str | os.PathLike) -> Decoded:
-        """Read a file as grey at this detector's analysis scale (raises ImageError)."""
-        return load_image(path, "L", self.analysis_side, native=True)
+    def decode(self, path: str | os.PathLike, scale: str | None = None) -> Decoded:
+        """Read a file as grey at this detector's analysis scale (raises ImageError), with its full-resolution
+        pixels when it is to be judged at native scale: always for 'native'; for 'auto' when the content
+        classifier finds a document in the analysis-scale picture (the file is then read a second time, at full
+        size, which only documents pay for)."""
+        scale = self._scale(scale)
+        decoded = load_image(path, "L", self.analysis_side, native=True, keep_full=scale == "native")
+        if scale == "auto" and self.classify(decoded.pixels) == "document" and _reduced(decoded):
+            decoded = load_image(path, "L", self.analysis_side, native=True, keep_full=True)
+        return decoded
 
-    def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True) -> list[BlurResult]:
-        """Score images already decoded by :meth:`decode`."""
-        return self._predict([self.prepare(d) for d in decoded], with_map)
+    def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True, scale: str | None = None
+                        ) -> list[BlurResult]:
+        """Score images already decoded by :meth:`decode` (with the same ``scale``)."""
+        return self._predict([self.prepare(d, scale) for d in decoded], with_map)
+
+    def classify(self, gray: np.ndarray) -> str | None:
+        """'photo' or 'document' for an analysis-scale uint8 (H, W) grey image (ensemble.content); None for a model
+        without a content classifier."""
+        return None if self.content is None else self.content.classify(gray)
+
+    def _scale(self, scale: str | None) -> str:
+        return self.scale if scale is None else check_scale(scale)
 
     def features(self, grays: Sequence[np.ndarray]):
         """Feature matrix float32 (N, F) of analysis-scale grey images, with each image's grid and patch probs."""
         return batch_features(grays, self.cnn, self.patch_size)
 
     # -- the three steps ----------------------------------------------------------------------------------------
-    def prepare(self, item) -> Prepared:
+    def prepare(self, item, scale: str | None = None) -> Prepared:
         """Step 1, everything before the CNN: a path is decoded (ImageError if unreadable), an array made grey at
-        the analysis scale, a :class:`Decoded` (from :meth:`decode`) taken as it is; then its focus measures and
-        the patches the CNN is to score."""
+        the analysis scale, a :class:`Decoded` (from :meth:`decode`) taken as it is; then what it shows, its focus
+        measures and the patches the CNN is to score, at ``scale``.
+
+        At native scale (asked, or 'auto' and a document) an image larger than the analysis scale is judged on its
+        full-resolution pixels; a :class:`Decoded` needs them (:meth:`decode` with that scale): ValueError if not.
+        """
+        scale = self._scale(scale)
         if isinstance(item, Decoded):
             decoded = item
         elif isinstance(item, (str, os.PathLike)):
-            decoded = self.decode(item)
+            decoded = self.decode(item, scale)
         else:
-            decoded = decoded_array(to_gray(item), self.analysis_side)
-        return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size))
+            decoded = decoded_array(to_gray(item), self.analysis_side, keep_full=scale != "screen")
+        content = self.classify(decoded.pixels)
+        native = scale == "native" or (scale == "auto" and content == "document")
+        if native and _reduced(decoded):
+            if decoded.full is not None:
+                if self.meta_native is None:
+                    raise ValueError("this model has no native-scale meta-network (final_model/"
+                                     f"{NATIVE_META}.onnx): retrain it with train.py, or judge at scale 'screen'")
+                job, cell = prepare_native(decoded.full, self.patch_size)
+                return Prepared(decoded, job, "native", content, cell)
+            if scale == "native":
+                raise ValueError("the image was decoded without its full-resolution pixels: decode it with "
+                                 "scale='native'")
+            native = False  # 'auto': decode() found a photo in these same pixels
+        return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size), "native" if native else "screen",
+                        content)
 
     def score(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Step 2: each image's CNN scores, float32 (patch_count, 1 + EMBED_DIM), from one CNN call (joined with
@@ -290,7 +376,11 @@ class BlurDetector:
         grays = [p.decoded.pixels for p in prepared]
         sizes = [(p.decoded.width, p.decoded.height) for p in prepared]
         grids = [p.job.grid for p in prepared]
-        blur = np.clip(self.meta(feats), 0.0, 1.0)
+        blur = np.empty(len(prepared), np.float32)
+        for scale, model in (("screen", self.meta), ("native", self.meta_native)):
+            rows = [i for i, p in enumerate(prepared) if p.scale == scale]
+            if rows:
+                blur[rows] = np.clip(np.asarray(model(feats[rows])).reshape(-1), 0.0, 1.0)
         flats = [no_detail(g) for g in grays]
         labels = ["flat" if flat else "blurry" if prob >= self.threshold else "sharp"
                   for flat, prob in zip(flats, blur)]
@@ -300,6 +390,11 @@ class BlurDetector:
         for i, (gray, (w, h), gr, p, prob, f) in enumerate(zip(grays, sizes, grids, probs, blur, feats)):
             flat = flats[i]
             dec = prepared[i].decoded
+            origin, side = gr.origin, gr.size
+            if prepared[i].scale == "native" and dec.full is not None:  # cells of the full image, placed on this one
+                to_analysis = min(gray.shape) / min(dec.full.shape)
+                origin = (round(gr.origin[0] * to_analysis), round(gr.origin[1] * to_analysis))
+                side = max(1, round(prepared[i].cell * to_analysis))
             sigma = None if flat else image_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],
                                                         dec.draft, dec.native)
             results.append(BlurResult(
@@ -309,8 +404,9 @@ class BlurDetector:
                 width=int(w), height=int(h),
                 cnn_probability=float(f[0]),
                 blur_map=blur_map(gr, p) if with_map else None,
-                grid_origin=gr.origin, patch_size=gr.size, flat=flat,
+                grid_origin=origin, patch_size=side, flat=flat,
                 noise_sigma=sigma, kind_estimate=kinds.get(i),
+                scale=prepared[i].scale, content=None if flat else prepared[i].content,
                 **(kinds.get(i, {}) if labels[i] == "blurry" else {}),
             ))
         return results

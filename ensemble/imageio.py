@@ -25,7 +25,7 @@ import threading
 import warnings
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
@@ -114,7 +114,10 @@ class Decoded:
     after EXIF orientation. ``draft`` is the scale 1/d (d = 1, 2, 4 or 8) libjpeg decoded a JPEG at before the area
     resize (1 for anything decoded at full size): noise.original_noise_sigma needs it. ``native`` holds a few grey
     strips of the image at its original resolution (uint8 (rows, W) arrays, in the file's orientation) when
-    ``pixels`` were reduced, for the noise estimate, which the reduction averages away; empty otherwise.
+    ``pixels`` were reduced, for the noise estimate, which the reduction averages away; empty otherwise. ``full``
+    is the whole image at its original resolution, in ``pixels``' mode, when it was asked for (``keep_full``: an
+    image judged at native scale) and ``pixels`` were reduced; None otherwise (``pixels`` are then the full image,
+    or it was not asked for).
     """
 
     pixels: np.ndarray
@@ -122,6 +125,12 @@ class Decoded:
     height: int
     draft: int = 1
     native: tuple = ()
+    full: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def full_pixels(self) -> np.ndarray:
+        """The image at its original resolution when it was kept (:attr:`full`), else :attr:`pixels`."""
+        return self.pixels if self.full is None else self.full
 
 
 NATIVE_BAND_ROWS = 130
@@ -626,29 +635,33 @@ def load_image(
     max_pixels: int = MAX_PIXELS,
     budget: int = DECODE_BUDGET,
     native: bool = False,
+    keep_full: bool = False,
 ) -> Decoded:
     """Read ``path`` with EXIF orientation applied, as ``mode`` ('L' grey or 'RGB') at the analysis scale.
 
     ``side=None`` keeps the full resolution. ``native``: also keep full-resolution strips (:attr:`Decoded.native`,
-    for the noise estimate) when the image is reduced. The file type is sniffed from its bytes, never from its name.
+    for the noise estimate) when the image is reduced. ``keep_full``: decode at full size (no JPEG draft) and keep
+    the full-resolution array too (:attr:`Decoded.full`), for judging at native scale. The file type is sniffed from its bytes, never from its name.
     ``budget`` (bytes) caps everything the decode may hold at once (:func:`decode_cost`); the decode waits in
     :data:`DECODE_POOL` while other threads hold too much. Raises ImageError with a one-line reason for anything
     unreadable, over ``max_pixels`` or over the budget, and for a JPEG whose data is too short for its header.
     """
     try:
-        return _load_image(path, mode, side, max_pixels, budget, native)
+        return _load_image(path, mode, side, max_pixels, budget, native, keep_full)
     except ImageError as err:
         if err.path is None:
             err.path = os.fspath(path)
         raise
 
 
-def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int, keep_native: bool) -> Decoded:
+def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int, keep_native: bool,
+                keep_full: bool = False) -> Decoded:
     _quiet_pillow()
     img = _open(path, max_pixels)
     cost = None
     draft = 1
     native = ()
+    kept = None
     try:
         jpeg = _check_jpeg(path, img) if img.format in ("JPEG", "MPO") else None
         # Orientation is asked twice. Before the load, for the reported size: Pillow's TIFF loader turns the
@@ -656,7 +669,7 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int,
         # pixels, and getexif() before the load would decode them (outside the budget) to find it.
         orient = _orientation(img) if img.format != "PNG" or "exif" in img.info else None
         width, height = img.width, img.height
-        if side is not None and img.format == "JPEG":
+        if side is not None and img.format == "JPEG" and not keep_full:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far faster than a full decode, still >= side.
             target_w, target_h = analysis_size(img.width, img.height, side)
             img.draft(mode if mode in ("L", "RGB") else None, (target_w, target_h))
@@ -680,7 +693,9 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int,
                 full = pixels
                 pixels = resize_to_analysis(pixels, side)
                 if keep_native and pixels is not full and draft == 1:
-                    native = _strips(full)
+                    native = strips(full)
+                if keep_full and pixels is not full:
+                    kept = np.ascontiguousarray(full)
         if keep_native and draft > 1 and jpeg is not None and not (jpeg.buffered or jpeg.arithmetic):
             native = _top_band(path)
     except ImageError:
@@ -694,21 +709,25 @@ def _load_image(path, mode: str, side: int | None, max_pixels: int, budget: int,
             _give_memory_back()
     if orient in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(np.ascontiguousarray(pixels), width, height, draft, native)
+    return Decoded(np.ascontiguousarray(pixels), width, height, draft, native, kept)
 
 
-def decoded_array(pixels: np.ndarray, side: int = ANALYSIS_SIDE, size: tuple[int, int] | None = None) -> Decoded:
+def decoded_array(pixels: np.ndarray, side: int = ANALYSIS_SIDE, size: tuple[int, int] | None = None,
+                  keep_full: bool = False) -> Decoded:
     """An image already in memory, uint8 (H, W) or (H, W, 3), as :class:`Decoded` at the analysis scale, with its
-    full-resolution strips when it is reduced. ``size``: the original (width, height) when ``pixels`` are already
-    smaller than the picture was (the strips are then left out)."""
+    full-resolution strips when it is reduced, and with ``pixels`` themselves as :attr:`Decoded.full` when
+    ``keep_full``. ``size``: the original (width, height) when ``pixels`` are already smaller than the picture was
+    (the strips and the full image are then left out)."""
     small = resize_to_analysis(pixels, side)
     h, w = pixels.shape[:2]
-    native = _strips(pixels) if small is not pixels and size in (None, (w, h)) else ()
+    own = small is not pixels and size in (None, (w, h))
+    native = strips(pixels) if own else ()
     width, height = size or (w, h)
-    return Decoded(np.ascontiguousarray(small), width, height, 1, native)
+    return Decoded(np.ascontiguousarray(small), width, height, 1, native,
+                   np.ascontiguousarray(pixels) if own and keep_full else None)
 
 
-def _strips(full: np.ndarray, rows: int = NATIVE_BAND_ROWS) -> tuple:
+def strips(full: np.ndarray, rows: int = NATIVE_BAND_ROWS) -> tuple:
     """Grey copies of the top, middle and bottom ``rows`` of a full-resolution (H, W[, 3]) array."""
     h = full.shape[0]
     if h < 3 * rows:

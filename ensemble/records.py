@@ -8,11 +8,14 @@ that writes records with a fixed layout (a csv header, a Parquet schema) derives
 from __future__ import annotations
 
 RECORD_FIELDS = ("path", "label", "blur_probability", "laplacian_var", "width", "height", "error",
-                 "blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma")
+                 "blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma",
+                 "scale", "content")
 """The fields of a scan record, in output order (csv header, json keys, Parquet columns). ``blur_kind`` is text
-('defocus', 'motion') or None; the four after it are numbers or None (docs/scan.md#the-record)."""
+('defocus', 'motion') or None; the four after it are numbers or None; ``scale`` the scale the image was judged at
+('screen' or 'native'; ``--scale auto`` resolves to one of them) and ``content`` what it shows ('photo' or
+'document'), both text, None for a file that could not be read (docs/scan.md#the-record)."""
 
-TEXT_FIELDS = frozenset({"path", "label", "error", "blur_kind"})
+TEXT_FIELDS = frozenset({"path", "label", "error", "blur_kind", "scale", "content"})
 INTEGER_FIELDS = frozenset({"width", "height"})
 """The record's text and whole-number fields; every other field is a number (a measure), any of them may be None.
 Typed outputs (the Parquet of a Ray scan) take their column types from these."""

@@ -132,10 +132,11 @@ def _list_folder(root: str, recursive: bool) -> list[ScanInput]:
 # Scoring
 
 
-def score_one(detector: "BlurDetector", path: str, with_map: bool = False) -> Scanned:
-    """Decode and score one file; any failure becomes a one-line reason instead of an exception."""
+def score_one(detector: "BlurDetector", path: str, with_map: bool = False, scale: str | None = None) -> Scanned:
+    """Decode and score one file at ``scale`` (None: the detector's own); any failure becomes a one-line reason
+    instead of an exception."""
     try:
-        result = detector.predict_decoded([detector.decode(path)], with_map)[0]
+        result = detector.predict_decoded([detector.decode(path, scale)], with_map, scale)[0]
     except ImageError as err:  # the record names the file: its error is the reason alone
         return Scanned(path, None, one_line(err.reason))
     except MemoryError:
@@ -152,6 +153,7 @@ def scan_paths(
     with_map: bool = False,
     after: Optional[Callable[[Scanned], None]] = None,
     in_flight: int = 0,
+    scale: str | None = None,
 ) -> Iterator[Scanned]:
     """Score ``paths`` with ``workers`` threads (0: one per core), yielding each :class:`Scanned` as it finishes.
 
@@ -160,7 +162,8 @@ def scan_paths(
     ``in_flight`` images (default 2 × workers) are being read or waiting to be yielded at any time, so memory stays
     flat however many paths there are, and ``paths`` may be a lazy iterable. ``with_map`` keeps each result's
     blur map. ``after(scanned)`` runs in the worker thread right after scoring (to write per-image files in
-    parallel); it must not raise. Closing the generator early cancels the images not yet started.
+    parallel); it must not raise. Closing the generator early cancels the images not yet started. ``scale``:
+    'screen', 'native' or 'auto' (detector.SCALES); None: the detector's own.
     """
     if detector is None:
         from .detector import BlurDetector
@@ -172,9 +175,10 @@ def scan_paths(
 
     def job(item) -> Scanned:
         if isinstance(item, ScanInput):
-            done = Scanned(item.path, None, item.error) if item.error else score_one(detector, item.path, with_map)
+            done = (Scanned(item.path, None, item.error) if item.error
+                    else score_one(detector, item.path, with_map, scale))
         else:
-            done = score_one(detector, os.fspath(item), with_map)
+            done = score_one(detector, os.fspath(item), with_map, scale)
         if after is not None:
             after(done)
         return done
