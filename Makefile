@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv browser test demo docs pipeline splits bench clean help
+.PHONY: venv browser fonts ocr test demo docs pipeline splits bench clean help
 
 help:           ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,7 +34,37 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)  ## install Debian's chromium for the browser test (needs root and apt)
 
-test: venv browser  ## run the test suite
+# Document pages (ensemble/documents.py) are rendered with real fonts from Debian's font packages: serif, sans and
+# mono families, split by family into training and held-out fonts (about 40 MB). The tests render pages, so `test`
+# and `pipeline` need them. Installing them needs root and apt; without them the document tests skip (fail under CI).
+FONT_PACKAGES := fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-crosextra-carlito \
+                 fonts-crosextra-caladea fonts-linuxlibertine fonts-noto-mono
+
+fonts:          ## install the Debian font packages the document pages are rendered with (needs root and apt)
+	@missing=$$(for p in $(FONT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing fonts for the document pages:" $$missing "(apt-get, as root; log: $(VENV)/apt-fonts.log)"; \
+	  mkdir -p $(VENV); export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q --no-install-recommends $$missing \
+	    || { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }; } \
+	    > $(VENV)/apt-fonts.log 2>&1 \
+	  || echo "warning: could not install the fonts (see $(VENV)/apt-fonts.log): the document tests will skip (fail under CI)"; \
+	else echo "warning: font packages missing:" $$missing "- install them (sudo apt-get install ...) or the document tests skip (fail under CI)"; fi
+
+# benchmarks/bench_ocr.py measures where blur starts to hurt OCR with Debian's tesseract (English data comes with it).
+# Only that benchmark needs it; installing it needs root and apt (a few packages, about 22 MB).
+ocr:            ## install tesseract-ocr for benchmarks/bench_ocr.py (needs root and apt)
+	@if command -v tesseract >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's tesseract-ocr for the OCR benchmark (apt-get, as root; log: $(VENV)/apt-ocr.log)"; \
+	  mkdir -p $(VENV); export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q tesseract-ocr || { apt-get update -q && apt-get install -y -q tesseract-ocr; }; } \
+	    > $(VENV)/apt-ocr.log 2>&1 \
+	  || echo "warning: could not install tesseract-ocr (see $(VENV)/apt-ocr.log): benchmarks/bench_ocr.py will not run"; \
+	else echo "warning: tesseract not found: install it (sudo apt-get install tesseract-ocr) to run benchmarks/bench_ocr.py"; fi
+
+test: venv browser fonts  ## run the test suite
 	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
 
 demo: venv      ## build demo/photos from bundled photos plus blurred copies, then scan it with the shipped model
@@ -44,7 +74,7 @@ demo: venv      ## build demo/photos from bundled photos plus blurred copies, th
 docs: venv browser  ## remake the README's pictures (docs/review.png, docs/blurmap_example.png) from the demo photos
 	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python docs/make_pictures.py --chromium $(CHROMIUM)
 
-pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 with time and memory figures
+pipeline: venv fonts  ## run the five stages on ../shared/datasets/blur-photos-640 with time and memory figures
 	@mkdir -p reports
 	/usr/bin/time -v $(BIN)/python load_traindata.py 2> reports/time_load_traindata.txt
 	/usr/bin/time -v $(BIN)/python load_testdata.py 2> reports/time_load_testdata.txt
@@ -56,7 +86,7 @@ pipeline: venv  ## run the five stages on ../shared/datasets/blur-photos-640 wit
 splits: venv    ## the whole recipe on scene splits 1-5 (about 35 min each), into runs/: how much is the split
 	$(BIN)/python benchmarks/splits.py
 
-bench: venv     ## run the benchmarks in benchmarks/
+bench: venv fonts ocr  ## run the benchmarks in benchmarks/
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:          ## remove the venv, caches and generated demo/report files (never model/ or data you made)

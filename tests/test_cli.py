@@ -29,7 +29,7 @@ from fixtures import REPO_ROOT, blur, default_sigint, make_photo, save_jpeg
 from ensemble import cli  # noqa: E402  (fixtures puts the repository on sys.path)
 
 FIELDS = ["path", "label", "blur_probability", "laplacian_var", "width", "height", "error", "blur_kind",
-          "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma"]
+          "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma", "scale", "content"]
 
 
 from fixtures import needs_model  # noqa: E402
