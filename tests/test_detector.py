@@ -82,7 +82,7 @@ def test_predict_array_result_fields(detector, photo):
     assert r.blur_map.ndim == 2
     assert set(r.record("x.jpg")) == {"path", "label", "blur_probability", "laplacian_var", "width", "height", "error",
                                       "blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px",
-                                      "noise_sigma"}
+                                      "noise_sigma", "scale", "content"}
 
 
 def test_heavy_blur_is_called_blurry_and_sharp_is_not(detector, photo):
