@@ -447,11 +447,11 @@ def test_scan_paths_keeps_a_bounded_number_in_flight():
     from ensemble.scan import scan_paths
 
     class FakeDetector:
-        def decode(self, path):
+        def decode(self, path, scale=None):
             time.sleep(0.001)
             return path
 
-        def predict_decoded(self, decoded, with_map=False):
+        def predict_decoded(self, decoded, with_map=False, scale=None):
             return [f"result for {decoded[0]}"]
 
     pulled = []
