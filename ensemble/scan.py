@@ -136,7 +136,9 @@ def score_one(detector: "BlurDetector", path: str, with_map: bool = False, scale
     """Decode and score one file at ``scale`` (None: the detector's own); any failure becomes a one-line reason
     instead of an exception."""
     try:
-        result = detector.predict_decoded([detector.decode(path, scale)], with_map, scale)[0]
+        # Without a scale, the detector's own: called as before, so a detector of another make needs no scale.
+        args = () if scale is None else (scale,)
+        result = detector.predict_decoded([detector.decode(path, *args)], with_map, *args)[0]
     except ImageError as err:  # the record names the file: its error is the reason alone
         return Scanned(path, None, one_line(err.reason))
     except MemoryError:
@@ -172,13 +174,14 @@ def scan_paths(
     workers = workers or default_workers()
     limit = max(in_flight or 2 * workers, workers)
     items = iter(paths)
+    args = () if scale is None else (scale,)
 
     def job(item) -> Scanned:
         if isinstance(item, ScanInput):
             done = (Scanned(item.path, None, item.error) if item.error
-                    else score_one(detector, item.path, with_map, scale))
+                    else score_one(detector, item.path, with_map, *args))
         else:
-            done = score_one(detector, os.fspath(item), with_map, scale)
+            done = score_one(detector, os.fspath(item), with_map, *args)
         if after is not None:
             after(done)
         return done
