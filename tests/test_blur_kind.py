@@ -218,7 +218,9 @@ def test_records_carry_the_kind_of_a_blurry_image_only(kind_model):
     s = sharp.record("sharp.jpg")
     assert s["blur_kind"] is s["blur_kind_probability"] is s["motion_angle"] is s["blur_extent_px"] is None
     assert s["noise_sigma"] > 0 and sharp.kind_estimate["blur_kind"] == "motion"  # the estimate is kept
-    assert all(flat.record()[k] is None for k in RECORD_FIELDS[7:])
+    kind_fields = ("blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma")
+    f = flat.record()
+    assert all(f[k] is None for k in kind_fields) and f["scale"] == "screen" and f["content"] is None
 
 
 @needs_model
