@@ -2,7 +2,7 @@
 
     blur-detect scan PATH... [--recursive] [--threshold P] [--format table|csv|json|jsonl] [--output FILE]
                              [--workers N] [--model DIR] [--move-blurry DIR | --copy-blurry DIR] [--kind K] [--dry-run]
-                             [--save-maps DIR] [--device auto|cpu|cuda] [--quiet]
+                             [--save-maps DIR] [--scale screen|native|auto] [--device auto|cpu|cuda] [--quiet]
     blur-detect undo JOURNAL|FOLDER... [--dry-run] [--foreign [--yes]] [--quiet]
 
 Exit status: 0 every image was scored (and every move done); 1 some image could not be read, a folder argument
@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .cli_common import make_output_dir, positive_int, probability_arg, write_output
+from .cli_common import (DEFAULT_SCALE, add_scale_argument, make_output_dir, native_problem, positive_int,
+                         probability_arg, write_output)
 from .records import RECORD_FIELDS, error_record
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -188,6 +189,7 @@ def add_scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--workers", type=positive_int, metavar="N",
                    help="images read and scored at once (default: the number of cores)")
     p.add_argument("--model", metavar="DIR", help="folder holding model/ and final_model/ (default: the shipped model)")
+    add_scale_argument(p)
     add_device_argument(p)
     sort = p.add_mutually_exclusive_group()
     sort.add_argument("--move-blurry", metavar="DIR",
@@ -301,7 +303,7 @@ def _check_engine_options(args: argparse.Namespace, parser: argparse.ArgumentPar
     if args.plan is not None:
         if not sorting:
             parser.error("--plan needs --move-blurry or --copy-blurry")
-        for name in ("output", "save_maps", "format", "workers", "device"):
+        for name in ("output", "save_maps", "format", "workers", "device", "scale"):
             if getattr(args, name) is not None:
                 parser.error(f"{flag(name)} does not go with --plan (the records are in the plan already)")
         if not os.path.exists(args.plan):
@@ -374,19 +376,19 @@ class Report:
                         key=lambda r: -r["blur_probability"])
         flat = [r for r in self.records if r["label"] == "flat"]
         failed = [r for r in self.records if r["label"] == "error"]
-        rows = [("BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "PATH")]
+        rows = [("BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "SCALE", "CONTENT", "PATH")]
         for r in scored + flat:
             blur = "-" if r["blur_probability"] is None else f"{100 * r['blur_probability']:.1f}%"
             rows.append((blur, r["label"], _kind_cell(r), f"{r['laplacian_var']:.1f}", f"{r['width']}x{r['height']}",
-                         _shown(r["path"])))
+                         r.get("scale") or "-", r.get("content") or "-", _shown(r["path"])))
         for r in failed:
-            rows.append(("-", "error", "-", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+            rows.append(("-", "error", "-", "-", "-", "-", "-", f"{_shown(r['path'])}  ({r['error']})"))
+        widths = [max(len(row[i]) for row in rows) for i in range(7)]
         lines = []
         for row in rows:
-            blur, label, kind, lap, size, path = row
+            blur, label, kind, lap, size, scale, content, path = row
             lines.append(f"{blur:>{widths[0]}}  {label:<{widths[1]}}  {kind:<{widths[2]}}  {lap:>{widths[3]}}  "
-                         f"{size:>{widths[4]}}  {path}")
+                         f"{size:>{widths[4]}}  {scale:<{widths[5]}}  {content:<{widths[6]}}  {path}")
         lines.append(self.summary(interrupted))
         return "\n".join(lines) + "\n"
 
@@ -484,6 +486,8 @@ def run_scan(args: argparse.Namespace) -> int:
     if args.kind and args.plan is not None:
         parser.error("--kind does not go with --plan (the plan's rows carry no blur kind)")
     _check_engine_options(args, parser)
+    if args.plan is None:
+        args.scale = args.scale or DEFAULT_SCALE
     if args.engine == "ray":
         from .distributed.cli import run_ray_scan
 
@@ -544,6 +548,12 @@ def run_scan(args: argparse.Namespace) -> int:
         _err(f"error: --kind {args.kind}: the model ({args.model or 'the shipped model'}) has no kind head "
              "(final_model/kind.onnx); add one with 'python train.py --kind-only'")
         return EXIT_FAILED
+    problem = (native_problem(detector, model=f"the model ({args.model or 'the shipped model'})")
+               if args.scale == "native" else None)
+    if problem:
+        # Not the end of the scan: an image no larger than the analysis side is judged the same at every scale,
+        # and each larger one becomes an error record of one line (ensemble.detector raises ValueError for it).
+        _err(f"warning: {problem}; images larger than {detector.analysis_side} px become error records")
 
     after = None
     map_failures: dict[str, str] = {}
@@ -575,7 +585,7 @@ def run_scan(args: argparse.Namespace) -> int:
     interrupted = False
     progress = _Progress(len(inputs), not args.quiet)
     try:
-        scans = scan_paths(inputs, detector, workers, with_map=bool(args.save_maps), after=after)
+        scans = scan_paths(inputs, detector, workers, with_map=bool(args.save_maps), after=after, scale=args.scale)
         with closing(scans):
             for scanned in scans:
                 if scanned.error is not None:

@@ -45,6 +45,46 @@ def note_replacing_shipped(out: str, folder: str) -> None:
               flush=True)
 
 
+SCALES = ("screen", "native", "auto")
+DEFAULT_SCALE = "auto"
+"""The scales an image can be judged at and the default, as :data:`ensemble.detector.SCALES` and
+:data:`~ensemble.detector.DEFAULT_SCALE` name them (tests/test_cli.py checks they agree), repeated here so that
+building the command line's parsers imports no NumPy and ``--help`` stays instant."""
+
+SCALE_HELP = {
+    "screen": "the short side brought to 640 px: how the picture looks on a screen (photos)",
+    "native": "at its own resolution, as seen at 100 %, over the whole frame (needs a model with "
+              "final_model/meta_native.onnx)",
+    "auto": "native for documents (text pages, forms), screen for photos",
+}
+"""One line per scale, for the help of every ``--scale`` option."""
+
+
+def scale_help(default: str, what: str = "each image", note: str = "") -> str:
+    """The help text (for argparse) of a ``--scale`` option whose default is ``default``; ``note`` ends it."""
+    lines = "; ".join(f"{name}: {SCALE_HELP[name]}" for name in SCALES).replace("%", "%%")  # argparse's escape
+    return (f"the scale {what} is judged at: {lines}. An image no larger than 640 px is judged the same at every "
+            f"scale{note} (default: {default})")
+
+
+def add_scale_argument(p: argparse.ArgumentParser, default: str = DEFAULT_SCALE, what: str = "each image",
+                       note: str = "") -> None:
+    """The one ``--scale screen|native|auto`` option of every command (scan, serve, cameras; a Ray scan takes the
+    scan's): choices :data:`SCALES`, help from :func:`scale_help`. Left None when not given (``default`` then
+    applies), so that options it does not go with can tell."""
+    p.add_argument("--scale", choices=SCALES, default=None, help=scale_help(default, what, note))
+
+
+def native_problem(detector, option: str = "--scale native", model: str = "the model") -> str | None:
+    """The one-line reason ``detector`` (``model``, as the message names it) cannot judge at native scale: it has
+    no native-scale meta-network; None when it can (or when it is a detector of another make, without the
+    attribute)."""
+    if getattr(detector, "meta_native", True) is not None:
+        return None
+    return (f"{option}: {model} has no native-scale meta-network (final_model/meta_native.onnx); "
+            "judge at scale screen or auto, or use a model trained with one")
+
+
 def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)

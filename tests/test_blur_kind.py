@@ -308,7 +308,7 @@ def test_kind_option_moves_only_that_kind_and_the_table_shows_it(tmp_path, kind_
     assert proc.returncode == 0, proc.stderr
     assert "no blurry photos to copy" in proc.stdout and not (tmp_path / "d").exists()  # the head says motion
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "PATH"]
+    assert lines[0].split() == ["BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "SCALE", "CONTENT", "PATH"]
     assert sum("motion" in ln and " 4px" in ln for ln in lines) == 2
     proc = run_cli("scan", photos, "--model", kind_model, "--kind", "motion", "--copy-blurry", tmp_path / "m", "-q")
     assert proc.returncode == 0, proc.stderr

@@ -29,6 +29,7 @@ from fixtures import REPO_ROOT, default_sigint, make_photo
 from ensemble.cameras import grab as grab_module
 from ensemble.cameras.config import Camera, ConfigError, Secret, load_config, redact_url
 from ensemble.cameras.grab import Cancelled
+from ensemble.cameras.monitor import RECORD_FIELDS as CAMERA_FIELDS  # noqa: E402
 from ensemble.cameras.monitor import (Monitor, Settings, classify, exit_status, focus_score, frame_problem)
 from ensemble.cameras.report import event_line, render
 from ensemble.cameras.snapshots import save_snapshot, snapshot_stems
@@ -895,3 +896,74 @@ def test_render_formats_have_the_same_records(tmp_path):
     assert json.loads(render(done, "json"))["cameras"][0]["url"] == "http://***@x/"
     assert render(done, "nagios").startswith("CAMERAS CRITICAL - 1 unreachable: gate (connection refused)")
     assert "p4ss" not in render(done, "table") + render(done, "csv") + render(done, "json")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The scale
+
+
+def test_scale_per_camera_is_checked_on_load(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", [{"name": "a", "url": "http://x/"},
+                                             {"name": "b", "url": "http://y/", "scale": "Native"}],
+                       defaults={"scale": "screen"})
+    a, b = load_config(cfg, {})
+    assert (a.scale, b.scale) == ("screen", "native")
+    (plain,) = load_config(write_config(tmp_path / "p.yaml", [{"name": "a", "url": "http://x/"}]), {})
+    assert plain.scale is None  # the command line's --scale, auto unless given
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "bad.yaml", [{"name": "a", "url": "http://x/", "scale": "huge"}]), {})
+    assert str(info.value) == f"{tmp_path / 'bad.yaml'}: camera 'a': scale: 'huge' is not one of screen, native, auto"
+
+
+class ScaleSpy:
+    """The real detector, recording the scale each predict_decoded call was asked for."""
+
+    def __init__(self, detector):
+        self._detector, self.scales = detector, []
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+    def predict_decoded(self, decoded, with_map=True, scale=None):
+        self.scales.append(scale)
+        return self._detector.predict_decoded(decoded, with_map, scale)
+
+
+@needs_model
+def test_each_camera_is_judged_at_its_scale_and_the_record_says_so(server, detector, tmp_path):
+    spy = ScaleSpy(detector)
+    config = write_config(tmp_path / "cams.yaml", [{"name": "plain", "url": server.url("/scene/plain")},
+                                                   {"name": "flat", "url": server.url("/scene/flat"),
+                                                    "scale": "screen"}])
+    cameras = load_config(config, {})
+    mon = Monitor(cameras, spy, {}, Settings(threshold=detector.threshold, baseline_size=3, timeout=5.0))
+    assert mon.settings.scale == "auto" and [mon.scale_of(c) for c in cameras] == ["auto", "screen"]
+    checks = by_name(mon.run_round())
+    assert sorted(spy.scales) == ["auto", "screen"]
+    for name in ("plain", "flat"):
+        record = checks[name].record()
+        assert list(record) == list(CAMERA_FIELDS)
+        assert record["scale"] == "screen" and record["content"] in ("photo", "document"), record
+    spy.scales.clear()
+    Monitor(cameras, spy, {}, Settings(threshold=detector.threshold, timeout=5.0, scale="screen")).run_round()
+    assert spy.scales == ["screen", "screen"]
+
+
+@needs_model
+def test_native_scale_without_its_meta_network_is_a_config_error(server, tmp_path, model_without_native_meta):
+    model = ("--model", model_without_native_meta)
+    cfg = write_config(tmp_path / "c.yaml", [{"name": "board", "url": server.url("/scene/board"), "scale": "native"}])
+    proc = run_cli(cfg, *model)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("error: camera 'board': scale native: the model has no native-scale "
+                                   "meta-network (final_model/meta_native.onnx); judge at scale screen or auto, or "
+                                   "use a model trained with one")
+    plain = write_config(tmp_path / "p.yaml", [{"name": "board", "url": server.url("/scene/board")}])
+    proc = run_cli(plain, "--scale", "native", *model)
+    assert proc.returncode == 3 and proc.stderr.strip().startswith("error: --scale native: the model has no"), \
+        proc.stderr
+    proc = run_cli(plain, "--scale", "huge", *model)
+    assert proc.returncode == 3 and "invalid choice: 'huge'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(plain, "--scale", "screen", "--format", "json", *model)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cameras"][0]["scale"] == "screen"

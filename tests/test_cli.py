@@ -383,11 +383,14 @@ def test_table_sorted_blurriest_first_with_summary(photos, tmp_path):
     proc = run_cli("scan", photos["pair"] / "sharp.jpg", photos["pair"] / "blurred.jpg", photos["bad"], "--output", out)
     assert proc.returncode == 1 and proc.stdout == ""
     lines = out.read_text().splitlines()
-    assert lines[0].split() == ["BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "PATH"]
+    assert lines[0].split() == ["BLUR", "LABEL", "KIND", "LAPVAR", "SIZE", "SCALE", "CONTENT", "PATH"]
     body, summary = lines[1:-1], lines[-1]
     scored = [ln for ln in body if not ln.lstrip().startswith("-")]
     probs = [float(ln.split()[0].rstrip("%")) for ln in scored]
     assert len(scored) == 3 and probs == sorted(probs, reverse=True)
+    # No larger than 640 px: judged as on a screen, whatever 'auto' finds they show.
+    at = lines[0].index("SCALE")
+    assert all(ln[at:].split()[0] == "screen" and ln[at:].split()[1] in ("photo", "document") for ln in scored), scored
     assert body[len(scored):] and all(" error " in ln for ln in body[len(scored):])  # errors come last
     assert "blurred.jpg" in scored[0]
     assert len({ln.index("%") for ln in scored}) == 1  # aligned columns
@@ -665,13 +668,13 @@ def _interrupt_on_call(monkeypatch, n: int, before=None) -> None:
     real = scan.score_one
     calls = []
 
-    def score(detector, path, with_map=False):
+    def score(detector, path, with_map=False, *scale):
         calls.append(path)
         if len(calls) == n:
             if before is not None:
                 before()
             raise KeyboardInterrupt
-        return real(detector, path, with_map)
+        return real(detector, path, with_map, *scale)
 
     monkeypatch.setattr(scan, "score_one", score)
 
@@ -698,3 +701,94 @@ def test_interrupt_in_process_writes_partial_report(photos, monkeypatch, capsys)
     records = json.loads(out)
     assert len(records) <= 2 and all(r["label"] != "error" for r in records)  # workers finish in any order
     assert err.strip() == f"interrupted after {len(records)} image{'' if len(records) == 1 else 's'}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --scale
+
+
+def test_scale_option_has_one_definition():
+    """Every command's --scale takes ensemble.detector's scales, with the same help, from cli_common: mirrored
+    there so that building the parsers imports no NumPy."""
+    from ensemble import cli_common, detector
+
+    assert cli_common.SCALES == detector.SCALES and cli_common.DEFAULT_SCALE == detector.DEFAULT_SCALE
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("scan", "serve", "cameras"):
+        option = next(a for a in subs[name]._actions if a.dest == "scale")
+        assert tuple(option.choices) == detector.SCALES and option.default is None, name
+        assert all(f"{scale}: {cli_common.SCALE_HELP[scale]}" in option.help.replace("%%", "%")
+                   for scale in detector.SCALES), name
+        assert "(default: auto)" in option.help, name
+    proc = run_cli("scan", "x.jpg", "--scale", "huge")
+    assert proc.returncode == 2 and "invalid choice: 'huge'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_model
+def test_scale_reaches_the_detector(photos, monkeypatch, capsys):
+    """The scan hands --scale (default: the detector's default, auto) to every image's scoring."""
+    import ensemble.scan as scan
+
+    real, asked = scan.score_one, []
+
+    def score(detector, path, with_map=False, *scale):
+        asked.append(scale)
+        return real(detector, path, with_map, *scale)
+
+    monkeypatch.setattr(scan, "score_one", score)
+    for argv, expected in (([], "auto"), (["--scale", "screen"], "screen"), (["--scale", "auto"], "auto")):
+        asked.clear()
+        rc = cli.main(["scan", "-q", "--format", "json", *argv, str(photos["pair"])])
+        records = json.loads(capsys.readouterr().out)
+        assert rc == 0 and asked == [(expected,)] * 2, (argv, asked)
+        assert [r["scale"] for r in records] == ["screen", "screen"]  # 640 x 480: the same at every scale
+        assert all(r["content"] in ("photo", "document") for r in records), records
+
+
+@needs_model
+def test_native_scale_without_its_meta_network_is_one_line_per_large_image(photos, tmp_path,
+                                                                           model_without_native_meta):
+    """--scale native with a model that has no final_model/meta_native.onnx: a warning, then an error record
+    of one line for each image larger than the analysis side; the scan goes on to the end."""
+    model = ("--model", model_without_native_meta)
+    folder = tmp_path / "large"
+    save_jpeg(folder / "a.jpg", make_photo(41, (960, 1280)))
+    save_jpeg(folder / "b.jpg", make_photo(42, (900, 1200)))
+    (folder / "c.jpg").write_bytes(b"")
+    csv_out = tmp_path / "report.csv"
+    proc = run_cli("scan", folder, "--scale", "native", "--format", "csv", "--output", csv_out, *model)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "--scale native" in warnings[0] and "meta_native.onnx" in warnings[0], proc.stderr
+    errors = sorted(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    assert len(errors) == 3, proc.stderr
+    assert all(f"{n}.jpg: " in ln and "native-scale meta-network" in ln for n, ln in zip("ab", errors)), errors
+    assert "c.jpg: empty file" in errors[2]
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(csv_out.read_text()))}
+    assert list(rows["a.jpg"]) == FIELDS and set(rows) == {"a.jpg", "b.jpg", "c.jpg"}
+    for name in ("a.jpg", "b.jpg"):
+        assert rows[name]["label"] == "error" and "native-scale meta-network" in rows[name]["error"]
+        assert rows[name]["scale"] == rows[name]["content"] == ""
+    # At screen scale (and at auto, which resolves to it without the meta-network) they are scored.
+    for scale in ("screen", "auto"):
+        proc, records = scan_json(folder / "a.jpg", "--scale", scale, *model)
+        assert proc.returncode == 0 and records[0]["scale"] == "screen", (scale, proc.stderr)
+        assert "warning" not in proc.stderr
+
+
+@needs_model
+def test_native_scale_judges_a_small_image_as_on_a_screen(photos, capsys, model_without_native_meta):
+    """--scale native with a model that has no native-scale meta-network: an image no larger than the analysis
+    side is judged as on a screen, without an error."""
+    rc = cli.main(["scan", "-q", "--format", "json", "--scale", "native", "--model", str(model_without_native_meta),
+                   str(photos["pair"] / "sharp.jpg")])
+    records = json.loads(capsys.readouterr().out)
+    assert rc == 0 and records[0]["scale"] == "screen" and records[0]["error"] is None, records
+
+
+def test_scale_does_not_go_with_plan(tmp_path):
+    plan = tmp_path / "scores.parquet"
+    plan.mkdir()
+    proc = run_cli("scan", tmp_path, "--plan", plan, "--move-blurry", tmp_path / "out", "--scale", "screen")
+    assert proc.returncode == 2 and "--scale does not go with --plan" in proc.stderr, proc.stderr

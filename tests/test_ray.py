@@ -199,3 +199,26 @@ def test_the_command_line_scans_then_sorts_from_the_parquet_plan(ray_output, pho
     assert cli.main(["scan", str(photos), "--plan", str(out), "--move-blurry", str(dest), "--dry-run"]) == 0
     would = [line for line in capsys.readouterr().out.splitlines() if line.startswith("would move")]
     assert len(would) == blurry and not dest.exists()
+
+
+def test_scale_travels_with_the_model_and_is_part_of_the_output_meta(model_without_native_meta):
+    """--scale goes to every actor with the model (ShippedModel.scale, the actors' detector's own scale); the
+    Parquet columns scale and content are text; an output is scored at one scale; 'native' with a model that
+    has no native-scale meta-network is refused before any actor starts."""
+    require_modules("pyarrow", extra="ray")
+    import pyarrow as pa
+
+    from ensemble.distributed.output import _meta_difference, meta
+    from ensemble.distributed.scoring import ScaleError, load_detector, ship_model
+
+    shipped = ship_model(scale="screen")
+    assert shipped.scale == "screen" and ship_model().scale == "auto"
+    assert load_detector(shipped.files, shipped.threshold, shipped.scale).scale == "screen"
+    assert shipped.schema.field("scale").type == pa.string() and shipped.schema.field("content").type == pa.string()
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ship_model(scale="huge")
+    with pytest.raises(ScaleError, match="scale 'native': the model has no native-scale meta-network"):
+        ship_model(model_without_native_meta, scale="native")
+    assert ship_model(model_without_native_meta, scale="screen").scale == "screen"
+    old, new = (meta(list(shipped.schema.names), shipped.digest, shipped.threshold, s) for s in ("auto", "screen"))
+    assert _meta_difference(old, new) == "at scale auto, not screen" and _meta_difference(old, old) is None

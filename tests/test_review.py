@@ -61,8 +61,10 @@ class NameDetector:
         self.threshold = threshold
         self.gate, self.flip, self.after, self.delay = gate, flip, after, delay
         self.calls: list[str] = []
+        self.scales: list = []  # the scale each decode was asked for
 
-    def decode(self, path):
+    def decode(self, path, scale=None):
+        self.scales.append(scale)
         if self.gate is not None:
             self.gate.acquire()
         if self.delay:
@@ -72,14 +74,15 @@ class NameDetector:
             self.after(self)
         return path, load_image(path, "L", self.analysis_side)
 
-    def predict_decoded(self, decoded, with_map=True):
+    def predict_decoded(self, decoded, with_map=True, scale=None):
         out = []
         for path, dec in decoded:
             p = name_p(path)
             p = 1 - p if self.flip else p
             out.append(BlurResult(p, "blurry" if p >= self.threshold else "sharp", 123.0, dec.width, dec.height, p,
                                   blur_map=np.array([[p, np.nan], [0.0, 1.0]]) if with_map else None,
-                                  grid_origin=(8, 8), patch_size=32))
+                                  grid_origin=(8, 8), patch_size=32, scale="native" if scale == "native" else "screen",
+                                  content="document" if "doc" in os.path.basename(path) else "photo"))
         return out
 
 
@@ -720,3 +723,35 @@ def test_no_generated_request_makes_a_server_error(folder):
 
             fuzz()
     assert snapshot(folder) == before  # random paths never match a photo to move
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The scale
+
+
+def test_photos_are_judged_at_the_service_scale_and_say_so(folder):
+    """serve --scale reaches every photo's scoring; the status says the scale asked, each photo what it resolved
+    to and what it shows; a score cached at another scale is not reused."""
+    photo(folder / "p30_doc.jpg", seed=7)
+    detector = NameDetector()
+    with review(folder, detector) as (service, client):
+        assert service.wait_idle(WAIT)
+        assert client.get("/api/review/status").json()["scale"] == "auto"  # the default: the detector's
+        got = {i["path"]: i for i in items(client)}
+    assert set(detector.scales) == {"auto"} and len(detector.scales) == 7
+    assert got["p30_doc.jpg"]["scale"] == "screen" and got["p30_doc.jpg"]["content"] == "document"
+    assert got["p10_a.jpg"]["content"] == "photo" and got["broken.jpg"]["scale"] is None
+    detector = NameDetector()
+    with review(folder, detector, scale="native") as (service, client):
+        assert service.wait_idle(WAIT)
+        assert client.get("/api/review/status").json()["scale"] == "native"
+        got = {i["path"]: i for i in items(client)}
+    assert set(detector.scales) == {"native"} and len(detector.scales) == 7  # scored again, not from the cache
+    assert got["p10_a.jpg"]["scale"] == "native" and got["p30_doc.jpg"]["content"] == "document"
+    detector = NameDetector()
+    with review(folder, detector, scale="native") as (service, client):
+        assert service.wait_idle(WAIT)
+        assert {i["path"]: i["scale"] for i in items(client)}["p10_a.jpg"] == "native"  # read back from the cache
+    assert len(detector.scales) <= 1  # at most the broken file is tried again
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ReviewService(folder, lambda: detector, scale="huge")

@@ -306,12 +306,13 @@ def test_loopback_server_refuses_foreign_host_names(tmp_path):
 
 
 def test_review_page_is_mounted_with_root_and_guarded_by_the_token(tmp_path, monkeypatch):
-    """The contract with ensemble.review: ReviewService(root, get_detector), its router, start/stop."""
+    """The contract with ensemble.review: ReviewService(root, get_detector, scale=), its router, start/stop."""
     calls = []
 
     class FakeReview:
-        def __init__(self, root, get_detector):
+        def __init__(self, root, get_detector, scale):
             self.root, self.get_detector = root, get_detector
+            calls.append(f"scale {scale}")
             self.router = APIRouter()
             self.router.add_api_route("/", lambda: {"page": "review"})
             self.router.add_api_route("/api/review/status", lambda: {"threshold": get_detector().threshold})
@@ -323,14 +324,15 @@ def test_review_page_is_mounted_with_root_and_guarded_by_the_token(tmp_path, mon
             calls.append("stop")
 
     monkeypatch.setitem(sys.modules, "ensemble.review.service", types.SimpleNamespace(ReviewService=FakeReview))
-    app = create_app(ServerSettings(root=tmp_path, token=TOKEN, models_dir=tmp_path / "m", data_roots=()))
+    app = create_app(ServerSettings(root=tmp_path, token=TOKEN, models_dir=tmp_path / "m", data_roots=(),
+                                    scale="screen"))
     with TestClient(app) as c:
-        assert calls == ["start"]
+        assert calls == ["scale screen", "start"]
         assert c.get("/").json() == {"page": "review"}
         assert c.get("/api/review/status").status_code == 401
         c.get(f"/?token={TOKEN}")  # sets the cookie, as the browser page does
         assert c.get("/api/review/status").json() == {"threshold": 0.5}
-    assert calls == ["start", "stop"]
+    assert calls == ["scale screen", "start", "stop"]
     assert app.state.review.root == tmp_path
 
 
@@ -512,3 +514,76 @@ def test_tokens_in_urls_are_redacted_from_the_access_log():
                                ("127.0.0.1:5000", "GET", f"/?x=1&token={TOKEN}&y=2", "1.1", 303), None)
     assert RedactToken().filter(record)
     assert TOKEN not in record.getMessage() and "/?x=1&token=***&y=2" in record.getMessage()
+
+
+# -- the scale ------------------------------------------------------------------------------------------------------
+
+
+def test_predict_takes_a_scale_per_request_and_the_server_default_otherwise(tmp_path, photos, monkeypatch):
+    """The request's `scale` field, else the server's --scale, reaches the scoring; the records say what it
+    resolved to (a 640 x 480 photo: screen at every scale) and what they show."""
+    import ensemble.scan as scan
+
+    real, asked = scan.score_one, []
+
+    def score(detector, path, with_map=False, scale=None):
+        asked.append(scale)
+        return real(detector, path, with_map, scale)
+
+    monkeypatch.setattr(scan, "score_one", score)
+    files = [("files", ("a.jpg", photos["sharp"], "image/jpeg")), ("files", ("b.jpg", photos["blurry"], "image/jpeg"))]
+    with make_client(tmp_path, scale="screen") as c:
+        assert c.get("/healthz").json()["scale"] == "screen" and c.get("/api/models").json()["scale"] == "screen"
+        for data, expected in (({}, "screen"), ({"scale": "auto"}, "auto"), ({"scale": " Screen "}, "screen")):
+            asked.clear()
+            r = c.post("/api/predict", files=files, data=data)
+            assert r.status_code == 200, r.text
+            assert asked == [expected] * 2 and r.headers["x-blur-scale"] == expected
+            records = r.json()
+            assert [rec["scale"] for rec in records] == ["screen", "screen"]
+            assert all(rec["content"] in ("photo", "document") for rec in records), records
+    with make_client(tmp_path) as c:  # the default: the detector's, auto
+        health = c.get("/healthz").json()
+        assert health["scale"] == "auto" and isinstance(health["native"], bool)
+        asked.clear()
+        assert c.post("/api/predict", files=files[:1]).status_code == 200 and asked == ["auto"]
+
+
+@pytest.mark.parametrize("parts, words", [
+    ([(b'form-data; name="scale"', b"huge")], "form field 'scale': scale must be one of screen, native, auto, not 'huge'"),
+    ([(b'form-data; name="scale"', b"auto"), (b'form-data; name="scale"', b"screen")], "given twice"),
+    ([(b'form-data; name="scale"; filename="s.txt"', b"auto")], "holds a file, not text"),
+    ([(b'form-data; name="scale"', b"a" * 100)], "longer than 64 bytes"),
+    ([(b'form-data; name="scale"', b"nat\x1bive")], "not 'nat\\x1bive'"),
+])
+def test_a_bad_scale_is_a_422_of_one_line(client, photos, parts, words):
+    image = (b'form-data; name="files"; filename="a.jpg"', photos["sharp"])
+    r = client.post("/api/predict", **multipart([image, *parts]))
+    assert r.status_code == 422 and words in detail(r), r.text
+
+
+def test_native_scale_without_its_meta_network_is_a_422(tmp_path, photos, model_without_native_meta):
+    with make_client(tmp_path, shipped_model=model_without_native_meta) as c:
+        assert c.get("/healthz").json()["native"] is False
+        r = c.post("/api/predict", files=[("files", ("a.jpg", photos["sharp"], "image/jpeg"))],
+                   data={"scale": "native"})
+    assert r.status_code == 422
+    assert detail(r).startswith("scale 'native': the model 'shipped' has no native-scale meta-network")
+
+
+def test_server_scale_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="scale must be one of screen, native, auto"):
+        ServerSettings(models_dir=tmp_path, scale="huge")
+    proc = serve("--scale", "huge", "--models-dir", str(tmp_path))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "invalid choice: 'huge'" in err and "Traceback" not in err
+
+
+def test_serve_scale_native_without_its_meta_network_is_one_line_and_exit_1(tmp_path, model_without_native_meta):
+    proc = serve("--scale", "native", "--port", "0", "--models-dir", str(tmp_path),
+                 env={"BLUR_ENSEMBLE_MODELS": str(model_without_native_meta)})  # the shipped model, for serve
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip() == ("error: --scale native: the active model 'shipped' has no native-scale meta-network "
+                           "(final_model/meta_native.onnx); judge at scale screen or auto, or use a model trained "
+                           "with one")

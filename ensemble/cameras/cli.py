@@ -3,7 +3,8 @@
     blur-detect cameras CONFIG [--once | --watch SECONDS [--rounds N]] [--report FILE] [--events FILE]
                                [--snapshots DIR] [--format table|json|csv|nagios] [--state FILE]
                                [--baseline K] [--drop PCT] [--confirm N] [--timeout S]
-                               [--threshold P] [--reset-baseline NAME] [--model DIR] [--workers N]
+                               [--threshold P] [--scale screen|native|auto] [--reset-baseline NAME]
+                               [--model DIR] [--workers N]
 
 Output: the report of each round goes to stdout, or replaces ``--report FILE`` whole (atomically). An event line
 goes to stderr when a camera changes state, and only then (also appended to ``--events FILE`` as JSON), so a cron
@@ -30,7 +31,7 @@ import threading
 import time
 from typing import Optional
 
-from ..cli_common import make_output_dir
+from ..cli_common import DEFAULT_SCALE, add_scale_argument, make_output_dir, native_problem
 
 EXIT_CLEAR, EXIT_WARNING, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -68,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "CRITICAL, UNKNOWN).")
     p.add_argument("config", metavar="CONFIG",
                    help="YAML (.yaml/.yml) or CSV (.csv) list of cameras: name, url and optional credentials "
-                        "(names of environment variables), threshold, drop, frames, frame_interval, timeout")
+                        "(names of environment variables), threshold, drop, confirm, frames, frame_interval, "
+                        "timeout, scale")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="check every camera once and exit (the default)")
     mode.add_argument("--watch", type=_bounded(float, *WATCH_LIMITS, "number"), metavar="SECONDS",
@@ -106,6 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--threshold", type=probability_arg, metavar="P",
                    help="blur probability (0-1 or a percentage) from which a camera is BLURRY; a camera's "
                         "'threshold' overrides it (default: the model's, usually 0.5)")
+    add_scale_argument(p, what="each camera's frame", note="; a camera's 'scale' in the config overrides it")
     p.add_argument("--reset-baseline", action="append", default=[], metavar="NAME",
                    help="forget the baseline of camera NAME (or 'all') before checking, after a camera was "
                         "refocused or moved on purpose; may be repeated")
@@ -196,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
         from .monitor import Monitor, Settings
 
         settings = Settings(baseline_size=args.baseline, drop=args.drop / 100.0, timeout=args.timeout,
-                            threshold=detector.threshold, confirm=args.confirm, workers=args.workers or 0)
+                            threshold=detector.threshold, confirm=args.confirm, workers=args.workers or 0,
+                            scale=args.scale or DEFAULT_SCALE)
+        problem = scale_problem(cameras, settings, detector)
+        if problem:
+            say(f"error: {problem}")
+            return EXIT_CONFIG
         monitor = Monitor(cameras, detector, states, settings)
         monitor.reset_baseline(resets)
         session = _Session(args, monitor, store, say, secrets, stamp)
@@ -205,6 +213,16 @@ def run(args: argparse.Namespace) -> int:
         return session.watch(args.watch, args.rounds)
     finally:
         store.unlock()
+
+
+def scale_problem(cameras, settings, detector) -> Optional[str]:
+    """Why the cameras cannot be judged at the scales they ask for (one line: the first camera at native scale,
+    when the model has no native-scale meta-network), or None."""
+    for camera in cameras:
+        if (camera.scale or settings.scale) == "native":
+            where = f"camera {camera.name!r}: scale native" if camera.scale else "--scale native"
+            return native_problem(detector, where)
+    return None
 
 
 def _stamp(path: str) -> Optional[tuple[int, int, int]]:
@@ -302,6 +320,12 @@ class _Session:
         except ConfigError as err:
             n = len(self.monitor.cameras)
             self.say(f"warning: {err}; still checking the {n} camera{'' if n == 1 else 's'} loaded before")
+            return
+        problem = scale_problem(cameras, self.monitor.settings, self.monitor.detector)
+        if problem:
+            n = len(self.monitor.cameras)
+            self.say(f"warning: {self.args.config}: {problem}; still checking the {n} camera{'' if n == 1 else 's'} "
+                     "loaded before")
             return
         before = {c.name: c for c in self.monitor.cameras}
         after = {c.name: c for c in cameras}

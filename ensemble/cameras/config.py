@@ -4,6 +4,7 @@ A config names each camera, where to grab its frames and how to judge them::
 
     defaults:                      # optional; any per-camera key except name/url
       timeout: 10
+      scale: auto                  # screen, native or auto (--scale, default auto): what frames are judged at
     cameras:
       - name: gate
         url: http://192.168.1.20/snapshot.jpg
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
+from ..cli_common import SCALES
+
 KINDS = ("auto", "http", "opencv")
 """``http``: the built-in HTTP client (a JPEG snapshot, or an MJPEG multipart stream); ``opencv``: OpenCV/FFmpeg
 (rtsp://, video files, and any stream FFmpeg reads); ``auto``: http for http(s):// URLs, opencv for the rest."""
@@ -43,7 +46,7 @@ LIMITS = {  # key: (lowest, highest) accepted
 }
 
 CAMERA_KEYS = ("name", "url", "kind", "auth", "username_env", "password_env", "token_env", "verify_tls",
-               "threshold", "drop", "confirm", "frames", "frame_interval", "timeout")
+               "threshold", "drop", "confirm", "frames", "frame_interval", "timeout", "scale")
 DEFAULT_KEYS = CAMERA_KEYS[2:]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -91,7 +94,8 @@ class Camera:
     kept as written): the only form that may be printed or stored. ``source`` is the URL as written in the config,
     ``${VAR}`` placeholders unresolved; :meth:`target` builds the URL actually opened. ``threshold`` is a blur
     probability (None: the model's; ``inf``: never BLURRY); ``drop`` a fraction (0.5 = 50 %); ``timeout`` and
-    ``frame_interval`` seconds; ``confirm`` the checks in a row that a new state needs before it is reported.
+    ``frame_interval`` seconds; ``confirm`` the checks in a row that a new state needs before it is reported;
+    ``scale`` the scale its frames are judged at ('screen', 'native' or 'auto', ensemble.detector.SCALES).
     ``None`` means "use the command-line default".
     """
 
@@ -111,6 +115,7 @@ class Camera:
     frames: int = 1
     frame_interval: float = 0.5
     timeout: Optional[float] = None
+    scale: Optional[str] = None
 
     @property
     def is_file(self) -> bool:
@@ -390,6 +395,7 @@ def _camera(entry: Any, defaults: dict, number: int, where: str, environ: Mappin
             fail("username_env" if username is not None else "auth", "a video file takes no credentials")
 
     verify_tls = _bool(merged, "verify_tls", fail)
+    scale = _choice(merged, "scale", SCALES, fail)
     threshold = _threshold(merged, fail)
     drop = _number(merged, "drop", fail, percent=True)
     confirm = _number(merged, "confirm", fail, integer=True)
@@ -405,6 +411,7 @@ def _camera(entry: Any, defaults: dict, number: int, where: str, environ: Mappin
         token=token, placeholders=placeholders, verify_tls=True if verify_tls is None else verify_tls,
         threshold=threshold, drop=None if drop is None else drop / 100.0,
         confirm=None if confirm is None else int(confirm), frames=frames, frame_interval=interval, timeout=timeout,
+        scale=scale,
     )
 
 

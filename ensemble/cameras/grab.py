@@ -52,13 +52,16 @@ class Cancelled(Exception):
 class Frame:
     """One grabbed frame: ``data`` the encoded bytes as received (HTTP), or ``pixels`` uint8 RGB (H, W, 3).
 
-    ``size`` is the (width, height) the camera sent when ``pixels`` were reduced on arrival (see :class:`Grab`).
+    ``size`` is the (width, height) the camera sent when ``pixels`` were reduced on arrival (see :class:`Grab`),
+    and ``full`` the frame as it came, in grey (uint8 (H, W)), when the grab was asked to keep it (a camera judged
+    at native scale).
     """
 
     data: Optional[bytes] = field(default=None, repr=False)
     content_type: str = ""
     pixels: Optional["np.ndarray"] = field(default=None, repr=False)
     size: Optional[tuple[int, int]] = None
+    full: Optional["np.ndarray"] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,22 +81,24 @@ class Grabbed:
 class _Sink:
     """Frames handed from the reader thread to the waiter, who may take them before the reader has finished."""
 
-    def __init__(self, side: Optional[int] = None):
+    def __init__(self, side: Optional[int] = None, keep_full: bool = False):
         self._lock = threading.Lock()
         self._frames: list[Frame] = []
         self.position: Optional[int] = None
         self.closed = False
         self.side = side
+        self.keep_full = keep_full
 
     def add(self, frame: Frame) -> None:
         if frame.pixels is not None and self.side:
             # Decoded stream frames are reduced to the analysis scale on arrival: 100 frames of a 4K stream would
-            # otherwise hold 2.5 GB until they are scored.
-            from ..imageio import resize_to_analysis
+            # otherwise hold 2.5 GB until they are scored. Kept whole for native scale, in grey: a third of that.
+            from ..imageio import resize_to_analysis, to_gray
 
             h, w = frame.pixels.shape[:2]
-            frame = Frame(pixels=resize_to_analysis(frame.pixels, self.side), content_type=frame.content_type,
-                          size=(w, h))
+            small = resize_to_analysis(frame.pixels, self.side)
+            full = to_gray(frame.pixels) if self.keep_full and small is not frame.pixels else None
+            frame = Frame(pixels=small, content_type=frame.content_type, size=(w, h), full=full)
         with self._lock:
             if not self.closed:
                 self._frames.append(frame)
@@ -114,16 +119,17 @@ class Grab:
     ``timeout`` (seconds) bounds the whole grab, all ``camera.frames`` frames included; ``deadline`` (a
     ``time.monotonic()`` value) may end it sooner, when part of the timeout was already spent. :meth:`wait` returns
     by the deadline whatever the reader is doing; the frames that arrived by then are kept. ``side``: decoded
-    stream frames are reduced on arrival to this shorter side (the analysis scale; None keeps them whole).
+    stream frames are reduced on arrival to this shorter side (the analysis scale; None keeps them whole);
+    ``keep_full``: each reduced frame keeps its full-resolution grey picture too (:attr:`Frame.full`).
     """
 
     def __init__(self, camera: Camera, timeout: float, position: Optional[int] = None,
-                 deadline: Optional[float] = None, side: Optional[int] = None):
+                 deadline: Optional[float] = None, side: Optional[int] = None, keep_full: bool = False):
         self.camera, self.timeout, self.position = camera, float(timeout), position
         self.started = time.monotonic()
         self.deadline = self.started + self.timeout if deadline is None else min(deadline,
                                                                                  self.started + self.timeout)
-        self._sink = _Sink(side)
+        self._sink = _Sink(side, keep_full)
         self._stop = threading.Event()
         self._done = threading.Event()
         self._error: Optional[str] = None

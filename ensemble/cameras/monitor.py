@@ -37,6 +37,7 @@ import numpy as np
 from ..focus import FOCUS_FEATURE_NAMES, UNIFORM_STD, focus_features, no_detail
 from ..imageio import Decoded, ImageError, decoded_array, load_image, to_gray
 from ..scan import default_workers, one_line
+from ..cli_common import DEFAULT_SCALE
 from .config import Camera, scrub
 from .grab import Cancelled, Frame, Grab, Grabbed
 from .state import CameraState
@@ -55,8 +56,10 @@ _RATIO_INDEX = FOCUS_FEATURE_NAMES.index("lap_ratio_1_4")
 
 RECORD_FIELDS = ("camera", "state", "previous", "since", "reason", "blur_probability", "focus", "baseline",
                  "change", "laplacian_var", "width", "height", "blur_kind", "blur_kind_probability", "motion_angle",
-                 "blur_extent_px", "noise_sigma", "frames", "url", "checked_at", "duration_s")
-"""The fields of a camera record, in output order (csv header, json keys)."""
+                 "blur_extent_px", "noise_sigma", "scale", "content", "frames", "url", "checked_at", "duration_s")
+"""The fields of a camera record, in output order (csv header, json keys). ``scale`` and ``content`` are the scan
+record's: the scale the frame was judged at ('screen' or 'native') and what it shows ('photo', 'document' or None);
+both None when no frame was judged."""
 
 KIND_FIELDS = ("blur_kind", "blur_kind_probability", "motion_angle", "blur_extent_px", "noise_sigma")
 """The fields a camera record shares with the scan record (docs/blur-kind.md)."""
@@ -69,7 +72,8 @@ class Settings:
     ``baseline_size``: healthy checks in the baseline (its median). ``drop``: fraction (0.5 = 50 %) below the
     baseline that makes a camera DEGRADED. ``timeout``: seconds for one camera's grab. ``threshold``: blur
     probability from which a camera is BLURRY. ``confirm``: checks in a row that must agree on a new state before
-    the camera's state changes (1: at once). ``workers``: frames scored at once (0: one per core).
+    the camera's state changes (1: at once). ``workers``: frames scored at once (0: one per core). ``scale``: the
+    scale frames are judged at ('screen', 'native' or 'auto'; ensemble.detector.SCALES).
     """
 
     baseline_size: int = 10
@@ -78,6 +82,7 @@ class Settings:
     threshold: float = 0.5
     confirm: int = 1
     workers: int = 0
+    scale: str = DEFAULT_SCALE
 
     @property
     def min_baseline(self) -> int:
@@ -140,6 +145,8 @@ class Check:
             "width": None if r is None else r.width,
             "height": None if r is None else r.height,
             **{k: scan[k] for k in KIND_FIELDS},
+            "scale": getattr(r, "scale", None),
+            "content": getattr(r, "content", None),
             "frames": self.frames,
             "url": self.camera.url,
             "checked_at": self.checked_at,
@@ -211,19 +218,22 @@ def frame_hash(grey: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def decode_frame(frame: Frame, side: int) -> Decoded:
-    """A grabbed frame as RGB at the analysis scale (``Decoded.pixels`` uint8 (H, W, 3), original width/height).
+def decode_frame(frame: Frame, side: int, keep_full: bool = False) -> Decoded:
+    """A grabbed frame as RGB at the analysis scale (``Decoded.pixels`` uint8 (H, W, 3), original width/height),
+    with its full-resolution picture (:attr:`Decoded.full`, RGB or grey) when ``keep_full`` and it was reduced.
 
     Encoded bytes go through :func:`ensemble.imageio.load_image` (content sniffing, EXIF orientation, the pixel
     cap), from a private temporary file. Raises ImageError with a one-line reason.
     """
     if frame.pixels is not None:
-        return decoded_array(np.asarray(frame.pixels), side, frame.size)
+        decoded = decoded_array(np.asarray(frame.pixels), side, frame.size, keep_full=keep_full)
+        # A stream frame reduced on arrival brought its full-resolution grey along (Grab(keep_full=True)).
+        return replace(decoded, full=frame.full) if keep_full and frame.full is not None else decoded
     fd, tmp = tempfile.mkstemp(prefix="blur-detect-frame-", suffix=".img")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(frame.data)
-        return load_image(tmp, "RGB", side, native=True)
+        return load_image(tmp, "RGB", side, native=True, keep_full=keep_full)
     finally:
         os.unlink(tmp)
 
@@ -239,22 +249,34 @@ class _Scored:
     hash: str = ""
 
 
-def score_frames(frames: list[Frame], detector: "BlurDetector") -> tuple[Optional[_Scored], int, Optional[str]]:
-    """(the sharpest usable frame, frames decoded, reason when none decoded).
+def keeps_full(scale: str, detector: "BlurDetector") -> bool:
+    """Whether frames judged at ``scale`` must keep their full-resolution pixels: at 'native', and at 'auto' with
+    a model that has a native-scale meta-network (a frame that shows a document is then judged at 100 %; without
+    one, 'auto' judges every frame as on a screen, and a full-size decode would be wasted)."""
+    return scale == "native" or (scale == "auto" and getattr(detector, "meta_native", None) is not None)
+
+
+def score_frames(frames: list[Frame], detector: "BlurDetector", scale: str = DEFAULT_SCALE
+                 ) -> tuple[Optional[_Scored], int, Optional[str]]:
+    """(the sharpest usable frame, frames decoded, reason when none decoded), judged at ``scale``.
 
     The sharpest is the lowest blur probability, then the highest focus score; frames that are black or uniform
-    are chosen only when all of them are.
+    are chosen only when all of them are. Where the scale may need them (:func:`keeps_full`), the frames are
+    decoded with their full-resolution pixels, which the detector judges a native-scale frame on.
     """
+    keep_full = keeps_full(scale, detector)
     decoded, reasons = [], []
     for frame in frames:
         try:
-            decoded.append((decode_frame(frame, detector.analysis_side), frame))
+            decoded.append((decode_frame(frame, detector.analysis_side, keep_full), frame))
         except ImageError as err:  # the reason only: the path is a private temporary file
             reasons.append(_not_an_image(frame, one_line(err.reason)))
     if not decoded:
         return None, 0, reasons[0] if reasons else "no frame"
     greys = [to_gray(d.pixels) for d, _ in decoded]
-    results = detector.predict_decoded([replace(d, pixels=g) for g, (d, _) in zip(greys, decoded)], with_map=True)
+    fulls = [None if d.full is None else to_gray(d.full) for d, _ in decoded]  # the detector judges grey
+    results = detector.predict_decoded([replace(d, pixels=g, full=f) for g, f, (d, _) in zip(greys, fulls, decoded)],
+                                       with_map=True, scale=scale)
     scored = [_Scored(d, g, r, focus_score(g), frame_problem(g), f)
               for g, (d, f), r in zip(greys, decoded, results)]
     usable = [s for s in scored if s.problem is None] or scored
@@ -327,6 +349,10 @@ class Monitor:
         kept keeps its baseline, unless its url changed."""
         self.cameras = cameras
         self._secrets = {c.name: c.secrets() for c in cameras}
+
+    def scale_of(self, camera: Camera) -> str:
+        """The scale ``camera``'s frames are judged at: its own ``scale``, else the settings'."""
+        return camera.scale or self.settings.scale
 
     def reset_baseline(self, names: list[str]) -> None:
         """Forget the baseline of the cameras named (after a camera was refocused or moved on purpose)."""
@@ -443,8 +469,9 @@ class Monitor:
             hung.thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
         if hung is not None and hung.thread.is_alive():
             return "UNREACHABLE", "timeout: the previous check's grab has still not returned", None, 0, None
+        scale = self.scale_of(camera)
         grab = Grab(camera, timeout, old.position if camera.is_file else None, deadline=deadline,
-                    side=self.detector.analysis_side)
+                    side=self.detector.analysis_side, keep_full=keeps_full(scale, self.detector))
         grabbed: Grabbed = grab.wait(cancel)
         if grab.thread.is_alive():
             self._hung[camera.name] = grab
@@ -453,7 +480,7 @@ class Monitor:
         if grabbed.error is not None:
             return "UNREACHABLE", grabbed.error, None, 0, grabbed.position
         with self._scoring:
-            best, n_frames, why = score_frames(grabbed.frames, self.detector)
+            best, n_frames, why = score_frames(grabbed.frames, self.detector, scale)
         if best is None:
             return "UNREACHABLE", why, None, 0, grabbed.position
         problem = best.problem  # frame_problem applies the scan's 'flat' rule too: a flat frame is INVALID
@@ -480,4 +507,4 @@ def exit_status(checks: list[Check]) -> int:
 
 __all__ = ["BLACK_LEVEL", "Check", "Event", "KIND_FIELDS", "Monitor", "RECORD_FIELDS", "Round", "Settings",
            "UNIFORM_STD", "blur_cause", "classify", "decode_frame", "exit_status", "focus_score", "frame_hash",
-           "frame_problem", "score_frames", "utc_now"]
+           "frame_problem", "keeps_full", "score_frames", "utc_now"]

@@ -106,7 +106,8 @@ def _run_job(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = run_scan(args.paths, args.output, recursive=args.recursive, model=args.model,
                           threshold=args.threshold, actors=args.actors, cpus_per_actor=args.cpus_per_actor or 1,
                           batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
-                          rows_per_part=args.rows_per_part or ROWS_PER_PART, on_rows=report_errors)
+                          rows_per_part=args.rows_per_part or ROWS_PER_PART, on_rows=report_errors,
+                          scale=args.scale)
     except JobError as err:
         if err.usage:
             parser.error(str(err))

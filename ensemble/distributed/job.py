@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from ..scan import one_line
 from .listing import ListingError, list_inputs
 from .output import FLUSH_SECONDS, ROWS_PER_PART, Output, OutputError, PartWriter, meta
-from .scoring import DEFAULT_BATCH_SIZE, ship_model, score_listing
+from .scoring import DEFAULT_BATCH_SIZE, ScaleError, ship_model, score_listing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,6 +74,7 @@ def run_scan(
     flush_seconds: float = FLUSH_SECONDS,
     on_rows: Optional[Callable[["pa.Table", PartWriter], None]] = None,
     exit_after: Optional[tuple[int, str]] = None,
+    scale: Optional[str] = None,
 ) -> JobResult:
     """Score ``paths`` on Ray into the Parquet folder ``output`` (a local path or a URI), resuming a run before.
 
@@ -81,14 +82,17 @@ def run_scan(
     errors as they come, or a test that stops the job once ``writer.parts`` are written).
     ``exit_after`` is the actors' test hook (:class:`~ensemble.distributed.scoring.Scorer`). Raises
     :class:`JobError` when the run cannot start, and :class:`JobInterrupted` on Ctrl-C once every finished row
-    is written.
+    is written. ``scale``: what the images are judged at ('screen', 'native' or 'auto'; None: the default,
+    detector.DEFAULT_SCALE); an output is scored at one scale, so a rerun at another is refused.
     """
     try:
         out = Output(output)
     except OutputError as err:
         raise JobError(str(err), usage=True) from None
     try:
-        shipped = ship_model(model, threshold)
+        shipped = ship_model(model, threshold, scale)
+    except ScaleError as err:
+        raise JobError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - a missing or corrupt model is one line, never a traceback
         raise JobError(f"cannot load the model ({model or 'the shipped model'}): {one_line(err)}") from None
     try:
@@ -99,7 +103,7 @@ def run_scan(
         more = f" (and {len(listing.missing) - 1} more)" if len(listing.missing) > 1 else ""
         raise JobError(f"no such file or folder: {listing.missing[0]}{more}", usage=True)
     try:
-        out.prepare(meta(shipped.schema.names, shipped.digest, shipped.threshold))
+        out.prepare(meta(shipped.schema.names, shipped.digest, shipped.threshold, shipped.scale))
         todo, skipped, changed = _left_to_score(listing.table, out.scored())
         rescored = out.drop(changed)
     except OutputError as err:

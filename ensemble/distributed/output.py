@@ -4,8 +4,8 @@ An output is a folder (``OUT.parquet/``, on the local disk or any filesystem pya
 
 * ``part-<run>-<n>.parquet``: the records, each part written whole (a temporary name, then a rename; on object
   stores an upload only appears once complete), so a job killed at any moment leaves only whole parts;
-* ``_blur-detect.json``: what scored them (the record fields, the model's SHA-256, the threshold), so that a rerun
-  with another model or threshold is refused instead of mixing two sets of labels.
+* ``_blur-detect.json``: what scored them (the record fields, the model's SHA-256, the threshold, the scale), so
+  that a rerun with another model, threshold or scale is refused instead of mixing two sets of labels.
 
 pandas, pyarrow, DuckDB, Spark and ``ray.data.read_parquet`` all read the folder as one table (files starting
 with ``_`` or ``.`` are skipped by them). Columns: :data:`~ensemble.records.RECORD_FIELDS`, then :data:`FILE_FIELDS`.
@@ -38,10 +38,11 @@ FLUSH_SECONDS = 60.0
 """A part is written at least this often, so a job killed halfway loses at most this much work."""
 
 
-def meta(fields: list[str], model: str, threshold: float) -> dict:
-    """The contents of ``_blur-detect.json``: the columns, the model's SHA-256 and the threshold of the rows."""
+def meta(fields: list[str], model: str, threshold: float, scale: Optional[str] = None) -> dict:
+    """The contents of ``_blur-detect.json``: the columns, the model's SHA-256, the threshold of the rows and the
+    scale they were judged at (ensemble.detector.SCALES)."""
     return {"format": META_FORMAT, "version": META_VERSION, "fields": list(fields), "model": model,
-            "threshold": threshold}
+            "threshold": threshold, "scale": scale}
 
 
 class OutputError(Exception):
@@ -281,6 +282,8 @@ def _meta_difference(old: dict, new: dict) -> Optional[str]:
         return "with another model"
     if old.get("threshold") != new.get("threshold"):
         return f"with threshold {old.get('threshold')}, not {new.get('threshold')}"
+    if old.get("scale") != new.get("scale"):
+        return f"at scale {old.get('scale')}, not {new.get('scale')}"
     return None
 
 

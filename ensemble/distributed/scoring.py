@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..detector import CNN_DIR, META_DIR, BlurDetector, default_model_root
+from ..cli_common import native_problem
+from ..detector import CNN_DIR, DEFAULT_SCALE, META_DIR, BlurDetector, check_scale, default_model_root
 from ..imageio import DECODE_BUDGET, MiB
 from ..records import error_record
 from ..scan import one_line, score_one
@@ -66,36 +67,49 @@ SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W
 @dataclass(frozen=True)
 class ShippedModel:
     """A model as the workers receive it: ``files`` (:func:`model_files`), the ``threshold`` in force,
-    ``digest`` (SHA-256 of the files: which model scored an output) and the Parquet ``schema`` of its records."""
+    ``digest`` (SHA-256 of the files: which model scored an output), the Parquet ``schema`` of its records and
+    the ``scale`` the actors judge at (ensemble.detector.SCALES)."""
 
     files: dict
     threshold: float
     digest: str
     schema: "pa.Schema"
+    scale: str = DEFAULT_SCALE
 
 
-def ship_model(model: Optional[str | os.PathLike] = None, threshold: Optional[float] = None) -> ShippedModel:
+class ScaleError(ValueError):
+    """The model cannot judge at the scale asked (``scale='native'`` without a native-scale meta-network)."""
+
+
+def ship_model(model: Optional[str | os.PathLike] = None, threshold: Optional[float] = None,
+               scale: Optional[str] = None) -> ShippedModel:
     """Read the model folder ``model`` (default: the shipped model) and load it once here, as each actor will, so
-    that a missing or broken model fails now, with its own error, rather than in every worker."""
+    that a missing or broken model fails now, with its own error, rather than in every worker. ``scale``: what
+    the actors judge at (None: detector.DEFAULT_SCALE); ValueError for an unknown one, :class:`ScaleError` for
+    'native' with a model that has no native-scale meta-network."""
+    scale = check_scale(scale or DEFAULT_SCALE)
     root = Path(model) if model is not None else default_model_root()
     files = model_files(root)
     detector = load_detector(files, threshold)  # says what is missing or wrong, as BlurDetector.load does
+    problem = native_problem(detector, "scale 'native'") if scale == "native" else None
+    if problem:
+        raise ScaleError(problem)
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-    return ShippedModel(files, detector.threshold, digest.hexdigest(), record_schema())
+    return ShippedModel(files, detector.threshold, digest.hexdigest(), record_schema(), scale)
 
 
-def load_detector(files: dict, threshold: Optional[float] = None) -> BlurDetector:
+def load_detector(files: dict, threshold: Optional[float] = None, scale: str = DEFAULT_SCALE) -> BlurDetector:
     """A BlurDetector on single-threaded ONNX sessions from the model's bytes (written to a private folder for
-    ONNX Runtime to read, and removed once loaded), checked with one tiny prediction."""
+    ONNX Runtime to read, and removed once loaded), checked with one tiny prediction; it judges at ``scale``."""
     folder = tempfile.mkdtemp(prefix="blur-detect-model-", dir=SCRATCH)
     try:
         for name, data in files.items():
             path = Path(folder) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        return BlurDetector.load(folder, threads=1, threshold=threshold).check()
+        return BlurDetector.load(folder, threads=1, threshold=threshold, scale=scale).check()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -116,7 +130,7 @@ class Scorer:
 
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
-        self.detector = load_detector(model.files, model.threshold)
+        self.detector = load_detector(model.files, model.threshold, getattr(model, "scale", DEFAULT_SCALE))
         self.schema = model.schema
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="blur-ray") if threads > 1 else None
         self.filesystems: dict = {}
@@ -257,6 +271,7 @@ def scan_dataset(
     actors: Optional[int] = None,
     cpus_per_actor: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    scale: Optional[str] = None,
 ) -> "ray.data.Dataset":
     """A Dataset of scan records, scored by a pool of actors.
 
@@ -267,12 +282,14 @@ def scan_dataset(
     (timestamp[ns, UTC]). It is lazy, like any Dataset: iterate it, or write it (``write_parquet``).
 
     ``actors`` (default: the cluster's CPUs / ``cpus_per_actor``), ``cpus_per_actor`` and ``batch_size`` (files an
-    actor takes at once) size the pool (a listing is cut into tasks by :func:`task_files`); ``model`` and ``threshold`` are the local scan's. Raises FileNotFoundError for a
-    path that does not exist, :class:`~ensemble.distributed.listing.ListingError` for one that cannot be opened.
+    actor takes at once) size the pool (a listing is cut into tasks by :func:`task_files`); ``model``, ``threshold``
+    and ``scale`` ('screen', 'native' or 'auto'; None: the default, detector.DEFAULT_SCALE) are the local scan's.
+    Raises FileNotFoundError for a path that does not exist, :class:`~ensemble.distributed.listing.ListingError`
+    for one that cannot be opened, :class:`ScaleError` for ``scale='native'`` with a model that cannot.
     """
     import ray.data
 
-    shipped = ship_model(model, threshold)
+    shipped = ship_model(model, threshold, scale)
     if isinstance(paths, ray.data.Dataset):
         return _scored(paths, shipped, actors or default_actors(cpus_per_actor), cpus_per_actor, batch_size)
     listing = list_inputs([os.fspath(p) for p in paths], recursive)
@@ -315,6 +332,7 @@ def _scored(dataset, shipped: ShippedModel, actors: int, cpus_per_actor: int, ba
     )
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "MAX_TASK_FILES", "MODEL_PARTS", "Scorer", "ShippedModel", "TASKS_PER_ACTOR",
+__all__ = ["DEFAULT_BATCH_SIZE", "MAX_TASK_FILES", "MODEL_PARTS", "ScaleError", "Scorer", "ShippedModel",
+           "TASKS_PER_ACTOR",
            "default_actors", "input_dataset", "load_detector", "model_files", "scan_dataset", "score_listing",
            "ship_model", "task_files"]

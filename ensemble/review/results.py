@@ -45,6 +45,8 @@ class Entry:
     ``kind`` ('defocus' or 'motion', with ``kind_p`` its probability), ``angle`` (screen degrees, motion only) and
     ``extent`` (original pixels) are the kind head's estimate whatever the verdict (the page shows it for photos
     that look blurry at its own threshold); ``noise`` is the noise σ in grey levels at the original resolution.
+    ``scale`` is the scale it was judged at ('screen' or 'native') and ``content`` what it shows ('photo',
+    'document', or None: flat, or a model without a content classifier).
     """
 
     key: str
@@ -70,6 +72,8 @@ class Entry:
     angle: Optional[float] = None
     extent: Optional[float] = None
     noise: Optional[float] = None
+    scale: Optional[str] = None
+    content: Optional[str] = None
 
     @property
     def scored(self) -> bool:
@@ -95,6 +99,8 @@ class Entry:
             "ang": _round(self.angle, 0),
             "ext": _round(self.extent, 1),
             "noise": _round(self.noise, 2),
+            "scale": self.scale,
+            "content": self.content,
             "v": self.version,
             "seq": self.seq,
             "gone": self.gone,
@@ -207,6 +213,7 @@ class Results:
             if result is None:
                 entry.error, entry.p, entry.flat = error, None, None
                 entry.kind = entry.kind_p = entry.angle = entry.extent = entry.noise = None
+                entry.scale = entry.content = None
             else:
                 entry.error, entry.flat = None, result.flat
                 entry.p = None if result.blur_probability is None else float(result.blur_probability)
@@ -218,6 +225,7 @@ class Results:
                 entry.kind, entry.kind_p = est.get("blur_kind"), est.get("blur_kind_probability")
                 entry.angle, entry.extent = est.get("motion_angle"), est.get("blur_extent_px")
                 entry.noise = getattr(result, "noise_sigma", None)
+                entry.scale, entry.content = getattr(result, "scale", None), getattr(result, "content", None)
                 line = _line(entry)
             self._bump(entry)
         if line is not None:
@@ -268,7 +276,8 @@ def _line(entry: Entry) -> dict:
     return {"path": entry.key, "size": entry.size, "mtime_ns": entry.mtime_ns, "model": entry.model,
             "p": entry.p, "flat": entry.flat, "lap": entry.lap, "w": entry.width, "h": entry.height, "map": bmap,
             "origin": list(entry.origin), "patch": entry.patch, "side": entry.side, "kind": entry.kind,
-            "kp": entry.kind_p, "ang": entry.angle, "ext": entry.extent, "noise": entry.noise}
+            "kp": entry.kind_p, "ang": entry.angle, "ext": entry.extent, "noise": entry.noise,
+            "scale": entry.scale, "content": entry.content}
 
 
 def _fill(entry: Entry, line: dict) -> None:
@@ -285,6 +294,7 @@ def _fill(entry: Entry, line: dict) -> None:
     # Lines from before the kind head have none of these: they read as unknown.
     entry.kind, entry.kind_p, entry.angle = line.get("kind"), line.get("kp"), line.get("ang")
     entry.extent, entry.noise = line.get("ext"), line.get("noise")
+    entry.scale, entry.content = line.get("scale"), line.get("content")
 
 
 def _is_int(v) -> bool:
@@ -308,6 +318,8 @@ def _valid(line: object) -> bool:
               and isinstance(line["origin"], list) and len(line["origin"]) == 2
               and all(_is_int(v) for v in line["origin"]) and _is_int(line["patch"]) and _is_int(line["side"]))
         ok = (ok and line.get("kind") in (None, "defocus", "motion")
+              and line.get("scale") in (None, "screen", "native")
+              and line.get("content") in (None, "photo", "document")
               and all(line.get(k) is None or _is_num(line[k]) for k in ("kp", "ang", "ext", "noise")))
         bmap = line["map"]
         if ok and bmap is not None:

@@ -4,7 +4,7 @@ One thread (:class:`Scanner`) owns the loop. Scoring reuses :func:`ensemble.scan
 ``workers`` threads exactly as ``blur-detect scan`` does, and a corrupt file becomes an error entry instead of an
 exception. The detector is fetched with ``get_detector()`` for every batch of :data:`BATCH` photos: when the server
 switches models, the next batch uses the new one, and photos scored by the old one are scored again (each score
-records the fingerprint of the model that made it).
+records the fingerprint of the model that made it, and of the scale it was asked to judge at).
 
 The scan thread lowers its own scheduling priority (nice +10, Linux only) before starting its workers, which
 inherit it: on a busy 2-core machine the page's requests (thumbnails, polls) are served first and the scan takes
@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..cli_common import DEFAULT_SCALE
 from ..scan import default_workers, one_line, scan_paths
 from .paths import list_images
 from .results import Results
@@ -46,11 +47,13 @@ def fingerprint(detector) -> str:
 
 
 class Scanner:
-    """Scans ``root`` in a background thread, storing each outcome in ``results``."""
+    """Scans ``root`` in a background thread, storing each outcome in ``results``; photos are judged at ``scale``
+    (ensemble.detector.SCALES)."""
 
     def __init__(self, root: Path, results: Results, get_detector: Callable[[], object], workers: int = 0,
-                 batch: int = BATCH):
+                 batch: int = BATCH, scale: str = DEFAULT_SCALE):
         self.root = Path(root)
+        self.scale = scale
         self.results = results
         self.get_detector = get_detector
         self.workers = workers or default_workers()
@@ -147,7 +150,7 @@ class Scanner:
             self._set(phase="scoring")
             by_path = {entry.path: entry for entry in batch}
             side = int(getattr(detector, "analysis_side", 0) or 0)
-            scans = scan_paths(list(by_path), detector, self.workers, with_map=True)
+            scans = scan_paths(list(by_path), detector, self.workers, with_map=True, scale=self.scale)
             with closing(scans):
                 for scanned in scans:
                     self.results.record(by_path[scanned.path], scanned.result, scanned.error, model, side)
@@ -159,7 +162,8 @@ class Scanner:
     def _fingerprint(self, detector) -> str:
         known = self._fingerprints.get(id(detector))
         if known is None or known[0] is not detector:
-            known = (detector, fingerprint(detector))
+            # The scale asked is part of what made a score: one cached at another scale is scored again.
+            known = (detector, f"{fingerprint(detector)}@{self.scale}")
             self._fingerprints = {id(detector): known}  # only the current one: an old model can be freed
         return known[1]
 

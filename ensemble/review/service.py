@@ -4,7 +4,8 @@ Routes (the server puts its authentication in front of every ``/api`` route; the
 
 =========================================  =========================================================================
 ``GET /``                                  the page; ``GET /review/static/{name}`` its script, style and icon
-``GET /api/review/status``                 scan progress, the threshold, the uncertain band, whether undo is possible
+``GET /api/review/status``                 scan progress, the threshold, the uncertain band, the scale photos are
+                                           judged at, whether undo is possible
 ``GET /api/review/results?since=&epoch=``  photos changed since a poll (all of them at first), blurriest first
 ``GET /api/review/thumb?path=&v=``         cached JPEG thumbnail
 ``GET /api/review/image?path=``            the photo itself (or a JPEG of it for formats browsers cannot show)
@@ -36,6 +37,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
+from ..cli_common import DEFAULT_SCALE
+from ..detector import check_scale
 from ..imageio import ImageError
 from ..server.auth import same_origin  # the server's one cross-site check, so this router is safe on its own too
 from . import actions
@@ -83,8 +86,10 @@ class ReviewService:
     """Review of the photos under ``root``: background scan, pictures, overrides, apply and undo.
 
     ``get_detector()`` returns the :class:`~ensemble.detector.BlurDetector` to use; it is called for every batch,
-    so a model switched in the server is picked up. ``workers`` scoring threads (0: one per core). Call
-    :meth:`start` once the server runs and :meth:`stop` when it shuts down.
+    so a model switched in the server is picked up. ``workers`` scoring threads (0: one per core). ``scale``: what
+    the photos are judged at, 'screen', 'native' or 'auto' (ensemble.detector.SCALES; ``serve --scale``); a score
+    made at another scale is not taken from the cache. Call :meth:`start` once the server runs and :meth:`stop`
+    when it shuts down.
 
     The service holds the root's lock (:mod:`ensemble.review.lock`) from its creation to :meth:`stop`, so a second
     service on the same folder, in this process or another, raises :class:`RootInUse` instead of overwriting the
@@ -92,11 +97,13 @@ class ReviewService:
     """
 
     def __init__(self, root: str | Path, get_detector: Callable[[], object], *, workers: int = 0,
-                 batch: int = 16):
+                 batch: int = 16, scale: str = DEFAULT_SCALE):
+        check_scale(scale)
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder")
         self.root = root
+        self.scale = scale
         self._lock = RootLock(root)
         self._lock.acquire()  # before the state is read: another server may be about to rewrite it
         try:
@@ -104,7 +111,7 @@ class ReviewService:
             self.results = Results(self.cache_dir)
             self.state = ReviewState(root)
             self.pictures = Pictures(self.cache_dir)
-            self.scanner = Scanner(root, self.results, get_detector, workers, batch)
+            self.scanner = Scanner(root, self.results, get_detector, workers, batch, scale)
         except BaseException:
             self._lock.release()
             raise
@@ -133,7 +140,8 @@ class ReviewService:
     # -- views of the state ------------------------------------------------------------------------------------
     def status(self) -> dict:
         """Progress (``total``, ``done``, ``errors``, ``pending`` photos; ``phase``, ``rate`` in photos/s, ``eta_s``),
-        the ``threshold`` in use (saved, else the model's), the uncertain ``band``, how many applies
+        the ``threshold`` in use (saved, else the model's), the uncertain ``band``, the ``scale`` photos are judged
+        at (as asked: 'auto' stays 'auto'; each photo says what it resolved to), how many applies
         ``undo_available`` can still undo, and ``work``: ``{"verb": "move" | "restore", "done", "total"}`` files
         while an apply or undo runs, else None."""
         scan = self.scanner.status()
@@ -153,6 +161,7 @@ class ReviewService:
             "threshold": self._threshold(saved, scan),
             "threshold_saved": saved is not None,
             "band": UNCERTAIN_BAND,
+            "scale": self.scale,
             "dest": DEST_DIR,
             "overrides": len(overrides),
             "undo_available": len(journals),

@@ -4,7 +4,8 @@
 
 Routes (every ``/api`` route needs the token when there is one; see :mod:`ensemble.server.auth`):
 
-    POST   /api/predict                  multipart images -> one scan record each (the CLI's record fields)
+    POST   /api/predict                  multipart images (and optionally ``scale``) -> one scan record each (the
+                                         CLI's record fields)
     GET    /api/models                   the shipped model and the service's, with metadata; which is active
     GET    /api/models/{name}            one of them
     POST   /api/models/{name}/activate   serve predictions with it from now on (no restart, no failed request)
@@ -12,7 +13,7 @@ Routes (every ``/api`` route needs the token when there is one; see :mod:`ensemb
     GET    /api/jobs                     the runs kept, newest first
     GET    /api/jobs/{id}                status, stage, progress %, log tail, metrics
     DELETE /api/jobs/{id}                cancel a run
-    GET    /healthz                      liveness, the model being served and the device it runs on
+    GET    /healthz                      liveness, the model being served, the device it runs on, the scale
     GET    /                             a page pointing to /docs, or the review page with --root
 
 Errors are JSON ``{"detail": "one line"}``: 401 no token, 403 a state-changing request from another site (any
@@ -44,6 +45,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..cli_common import DEFAULT_SCALE, SCALES, native_problem
+from ..detector import check_scale
 from .auth import AuthMiddleware, check_token, is_loopback
 from .errors import ServiceError
 from .jobs import JobManager
@@ -84,7 +87,9 @@ class ServerSettings:
     shipped model (None: the default one). ``header_timeout``: seconds a request's line and headers may take in
     all; ``body_timeout``: seconds of waiting for more of a body; ``min_upload_rate``: bytes/s a body must average
     (see :mod:`ensemble.server.timeouts`; the header timer needs the server, ``blur-detect serve``, not the app).
-    ``device``: where the CNN runs, 'auto', 'cpu' or 'cuda' (BlurDetector.load).
+    ``device``: where the CNN runs, 'auto', 'cpu' or 'cuda' (BlurDetector.load). ``scale``: what images are
+    judged at, 'screen', 'native' or 'auto' (ensemble.detector.SCALES): an upload unless its request says
+    otherwise (the form field ``scale``), and every photo of the review page.
     """
 
     host: str = "127.0.0.1"
@@ -105,6 +110,10 @@ class ServerSettings:
     device: str = "cpu"
     mlflow_uri: Optional[str] = None
     """Track every training job in this MLflow store (``serve --mlflow``, docs/tracking.md); None: no tracking."""
+    scale: str = DEFAULT_SCALE
+
+    def __post_init__(self):
+        check_scale(self.scale)
 
     @property
     def auth_required(self) -> bool:
@@ -152,6 +161,10 @@ class Record(BaseModel):
     width: Optional[int] = Field(description="original width in pixels")
     height: Optional[int] = Field(description="original height in pixels")
     error: Optional[str] = Field(description="null, or why the image could not be scored (one line)")
+    scale: Optional[Literal["screen", "native"]] = Field(
+        None, description="the scale it was judged at ('auto' resolves to one of them); null on error")
+    content: Optional[Literal["photo", "document"]] = Field(
+        None, description="what it shows; null on error, when flat, or for a model without a content classifier")
 
 
 class ModelInfo(BaseModel):
@@ -170,6 +183,8 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     active: str
+    scale: Literal["screen", "native", "auto"] = Field(
+        description="the scale /api/predict judges at when a request does not say (serve --scale)")
     models: list[ModelInfo]
 
 
@@ -223,6 +238,11 @@ class Health(BaseModel):
     device: Literal["cpu", "cuda"] = Field(description="where the model's CNN runs")
     device_detail: Optional[str] = Field(None, description="the GPU's name on cuda; on cpu, why not a GPU when "
                                                            "--device auto found none (else null)")
+    scale: Literal["screen", "native", "auto"] = Field(
+        description="the scale /api/predict (and the review page) judges at when a request does not say "
+                    "(serve --scale)")
+    native: bool = Field(description="whether the model being served can judge at native scale (it has a "
+                                     "native-scale meta-network, final_model/meta_native.onnx)")
 
 
 def _errors(*codes: int) -> dict:
@@ -235,7 +255,13 @@ def _errors(*codes: int) -> dict:
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
     "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                             "description": "the images (JPEG, PNG, TIFF, BMP, WebP, HEIC); sniffed from the bytes"}},
+                             "description": "the images (JPEG, PNG, TIFF, BMP, WebP, HEIC); sniffed from the bytes"},
+                   "scale": {"type": "string", "enum": list(SCALES),
+                             "description": "the scale the images are judged at: screen (the short side at 640 px, "
+                                            "as on a screen), native (at their own resolution, as at 100 %; needs a "
+                                            "model with a native-scale meta-network), auto (native for documents, "
+                                            "screen for photos); default: the server's (serve --scale, see "
+                                            "/healthz)"}},
 }}}}}
 
 INDEX = """<!doctype html>
@@ -252,7 +278,8 @@ INDEX = """<!doctype html>
 <form action="/api/predict" method="post" enctype="multipart/form-data">
 <p><input type="file" name="files" accept="image/*" multiple> <button>Score</button></p>
 </form>
-<p>From a program: <code>curl -F files=@photo.jpg http://HOST:PORT/api/predict</code></p>
+<p>From a program: <code>curl -F files=@photo.jpg http://HOST:PORT/api/predict</code>
+(add <code>-F scale=native</code> to judge it at its own resolution)</p>
 </body></html>
 """
 
@@ -277,7 +304,7 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
     if settings.root is not None:
         from ..review.service import ReviewService
 
-        review = ReviewService(root=settings.root, get_detector=registry.detector)
+        review = ReviewService(root=settings.root, get_detector=registry.detector, scale=settings.scale)
     limiter = {}  # created on first use, inside the event loop
 
     @asynccontextmanager
@@ -307,9 +334,12 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
               responses=_errors(403, 408, 413, 415, 422),
               summary="Score uploaded images for blur",
               description=f"Multipart upload of one or more images in the field `files` (at most {settings.max_files}"
-                          f" files, {settings.max_upload_bytes / MB:g} MB each). Returns one record per file, in "
-                          "order. A file that is an image but cannot be decoded is an error record; the others "
-                          "are still scored. The `X-Blur-Model` header names the model that scored them.")
+                          f" files, {settings.max_upload_bytes / MB:g} MB each), and optionally the text field "
+                          f"`scale` (screen, native or auto; default: {settings.scale}, the server's). Returns one "
+                          "record per file, in order. A file that is an image but cannot be decoded is an error "
+                          "record; the others are still scored. The `X-Blur-Model` header names the model that "
+                          "scored them, `X-Blur-Scale` the scale asked. 422 for `scale=native` with a model that "
+                          "has no native-scale meta-network.")
     async def predict(request: Request) -> Response:
         import anyio
         from starlette.concurrency import run_in_threadpool
@@ -318,12 +348,18 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
         if "limiter" not in limiter:
             limiter["limiter"] = anyio.CapacityLimiter(settings.scoring_threads or default_workers())
         folder = tempfile.mkdtemp(prefix="blur-detect-upload-")
+        form: dict[str, str] = {}
         try:
             uploads = await receive_uploads(request.headers.get("content-type", ""),
                                             request.headers.get("content-length"), request.stream(), folder,
-                                            settings.max_upload_bytes, settings.max_files)
+                                            settings.max_upload_bytes, settings.max_files, form)
+            scale = form.get("scale", settings.scale)
+            problem = (native_problem(detector, "scale 'native'", f"the model {name!r}") if scale == "native"
+                       else None)
+            if problem:
+                raise ServiceError(422, problem)
             scanned = await asyncio.gather(*(
-                anyio.to_thread.run_sync(score_one, detector, str(u.path), False, limiter=limiter["limiter"])
+                anyio.to_thread.run_sync(score_one, detector, str(u.path), False, scale, limiter=limiter["limiter"])
                 for u in uploads))
         except ClientDisconnect:
             return Response(status_code=400)
@@ -331,7 +367,7 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
             shutil.rmtree(folder, ignore_errors=True)
         records = [_clean(s.result.record(u.name) if s.error is None else error_record(u.name, s.error))
                    for u, s in zip(uploads, scanned)]
-        return JSONResponse(records, headers={"X-Blur-Model": name})
+        return JSONResponse(records, headers={"X-Blur-Model": name, "X-Blur-Scale": scale})
 
     # -- models -------------------------------------------------------------------------------------------------
     def describe(entry) -> dict:
@@ -340,7 +376,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
     @api.get("/models", response_model=ModelList, tags=["models"], summary="List the models")
     def list_models() -> dict:
         active = registry.current()[0]
-        return {"active": active, "models": [e.summary(e.name == active) for e in registry.entries()]}
+        return {"active": active, "scale": settings.scale,
+                "models": [e.summary(e.name == active) for e in registry.entries()]}
 
     name_param = PathParam(max_length=64, description="model name ('shipped' for the shipped model)")
 
@@ -398,7 +435,8 @@ def create_app(settings: Optional[ServerSettings] = None) -> FastAPI:
         except ModelError as err:
             return JSONResponse({"detail": str(err)}, status_code=503)
         return {"status": "ok", "model": name, "version": __version__, "device": getattr(detector, "device", "cpu"),
-                "device_detail": getattr(detector, "device_detail", None)}
+                "device_detail": getattr(detector, "device_detail", None), "scale": settings.scale,
+                "native": native_problem(detector) is None}
 
     if review is None:
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)

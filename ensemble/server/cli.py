@@ -3,11 +3,12 @@
     blur-detect serve [--host 127.0.0.1] [--port 8000] [--workers N] [--token T] [--models-dir DIR]
                       [--root DIR] [--data-root DIR]... [--max-upload-mb 50] [--max-files 32] [--log-level info]
                       [--header-timeout 10] [--body-timeout 30] [--min-upload-rate 1] [--device auto|cpu|cuda]
-                      [--mlflow [URI]]
+                      [--scale screen|native|auto] [--mlflow [URI]]
 
 Exit status: 0 after a clean shutdown (Ctrl-C), 1 when the server cannot start (port in use, model missing, folder
 not writable, ``--root`` already served by another server: one ``error:`` line, never a traceback), 2 usage error
-(``--device cuda`` where CUDA cannot be used included).
+(``--device cuda`` where CUDA cannot be used included). ``--scale native`` with an active model that has no
+native-scale meta-network is one ``error:`` line and exit status 1, like a model that does not load.
 
 Everything heavy (FastAPI, uvicorn, ONNX Runtime) is imported inside :func:`run`, so ``blur-detect --help`` stays
 instant.
@@ -18,7 +19,7 @@ import argparse
 import os
 import sys
 
-from ..cli_common import positive_float, positive_int
+from ..cli_common import DEFAULT_SCALE, add_scale_argument, native_problem, positive_float, positive_int
 
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MIN_UPLOAD_RATE = 10.0, 30.0, 1024.0
 """Defaults of the read timeouts (:mod:`ensemble.server.timeouts`): seconds, seconds, bytes/s. Kept here, free of
@@ -77,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..cli import add_device_argument
 
     add_device_argument(p)
+    add_scale_argument(p, what="an upload to /api/predict (unless its 'scale' form field says otherwise) and each "
+                               "photo of the review page (--root)")
 
 
 def _err(message: str) -> None:
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
                               trusted_hosts=loopback_hosts(args.host) if loopback else None,
                               header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                               min_upload_rate=args.min_upload_rate * 1024, device=args.device or "auto",
-                              mlflow_uri=mlflow_uri, **extra)
+                              mlflow_uri=mlflow_uri, scale=args.scale or DEFAULT_SCALE, **extra)
     try:
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         probe = settings.models_dir / f".write-test-{os.getpid()}"
@@ -182,6 +185,12 @@ def run(args: argparse.Namespace) -> int:
 
         _err(f"error: cannot start the service: {one_line(err)}")
         return 1
+    problem = native_problem(detector, model=f"the active model {model!r}") if settings.scale == "native" else None
+    if problem:
+        if app.state.review is not None:
+            app.state.review.stop()  # it holds --root's lock
+        _err(f"error: {problem}")
+        return 1
 
     sock = _listen(args.host, args.port)
     if sock is None:
@@ -190,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{port}/"
     _err(detector.device_line())
-    _err(f"blur-detect serve: listening on {url} (model {model!r}, {workers} worker{'s' if workers > 1 else ''}, "
-         f"models in {settings.models_dir})")
+    _err(f"blur-detect serve: listening on {url} (model {model!r}, judged at scale {settings.scale}, {workers} "
+         f"worker{'s' if workers > 1 else ''}, models in {settings.models_dir})")
     if mlflow_uri is not None:
         _err(f"training jobs are tracked in MLflow at {mlflow_uri}")
     if generated:

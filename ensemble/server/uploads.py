@@ -5,9 +5,11 @@ and nothing larger than the cap is ever held or written. Each file's type is sni
 and Content-Type are never trusted. Decoding is left to :mod:`ensemble.imageio`, through the same
 :func:`ensemble.scan.score_one` the command line uses, so a corrupt file becomes an error record there.
 
+Besides the files, the body may carry the text fields of :data:`TEXT_FIELDS` (``scale``), each once.
+
 Errors raise :class:`UploadError` with an HTTP status and one line for the user:
 413 a file over the cap or too many files, 415 a body that is not multipart or a file that is not an image,
-422 a malformed request (bad multipart framing, no file, unexpected fields).
+422 a malformed request (bad multipart framing, no file, unexpected fields, a text field with a bad value).
 """
 from __future__ import annotations
 
@@ -20,10 +22,19 @@ from pathlib import Path, PurePosixPath
 from typing import AsyncIterator, BinaryIO, Optional
 from urllib.parse import unquote_to_bytes
 
+from ..detector import check_scale
 from .errors import ServiceError
 
 FILE_FIELDS = ("files", "file")
 """Form fields that carry images (``files`` is the documented one; ``file`` is accepted for ``curl -F file=@x``)."""
+
+TEXT_FIELDS = {"scale": check_scale}
+"""Text form fields accepted beside the files, each with the check of its value (which returns it, or raises
+ValueError with one line): ``scale``, the scale the request's images are judged at (ensemble.detector.SCALES;
+absent: the server's ``--scale``)."""
+
+MAX_TEXT_BYTES = 64
+"""The longest value of a text field."""
 
 SNIFF_BYTES = 32
 
@@ -109,11 +120,15 @@ class _Receiver:
         self._size = 0
         self._head = b""
         self._kind: Optional[str] = None
+        self.fields: dict[str, str] = {}
+        self._text: Optional[str] = None  # the text field whose value is being received
+        self._value = b""
 
     # -- part headers -------------------------------------------------------------------------------------------
     def on_part_begin(self) -> None:
         self._disposition = b""
         self._skip = False
+        self._text = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -140,8 +155,16 @@ class _Receiver:
         if b"filename" not in options and field in FILE_FIELDS:  # e.g. curl -F 'files=<x.jpg' (a text field)
             raise UploadError(422, f"field {field!r} holds text, not a file: upload each image as a file "
                                    f"(curl -F {field}=@photo.jpg)")
+        if b"filename" not in options and field in TEXT_FIELDS:
+            if field in self.fields:
+                raise UploadError(422, f"form field {field!r} is given twice")
+            self._text, self._value = field, b""
+            return
         if b"filename" not in options:
-            raise UploadError(422, f"unexpected form field {field!r}: send the images as files in the 'files' field")
+            raise UploadError(422, f"unexpected form field {field!r}: send the images as files in the 'files' field"
+                                   + (f" (text fields: {', '.join(TEXT_FIELDS)})" if TEXT_FIELDS else ""))
+        if field in TEXT_FIELDS:
+            raise UploadError(422, f"form field {field!r} holds a file, not text (curl -F {field}=VALUE)")
         if field not in FILE_FIELDS:
             raise UploadError(422, f"unexpected file field {field!r}: send the images in the 'files' field")
         raw_name = options[b"filename"].decode("utf-8", "replace")
@@ -157,6 +180,11 @@ class _Receiver:
 
     # -- part bodies --------------------------------------------------------------------------------------------
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._text is not None:
+            self._value += data[start:end]
+            if len(self._value) > MAX_TEXT_BYTES:
+                raise UploadError(422, f"form field {self._text!r}: longer than {MAX_TEXT_BYTES} bytes")
+            return
         if self._skip or self._file is None:
             return
         chunk = data[start:end]
@@ -170,6 +198,9 @@ class _Receiver:
         self._file.write(chunk)
 
     def on_part_end(self) -> None:
+        if self._text is not None:
+            self._end_text()
+            return
         if self._skip or self._file is None:
             return
         self._file.close()
@@ -180,6 +211,14 @@ class _Receiver:
 
     def on_end(self) -> None:
         self.ended = True
+
+    def _end_text(self) -> None:
+        field, self._text = self._text, None
+        value = self._value.decode("utf-8", "replace").strip()
+        try:  # the check's message shows the value with repr(): one line, whatever was sent
+            self.fields[field] = TEXT_FIELDS[field](value.lower())
+        except ValueError as err:
+            raise UploadError(422, f"form field {field!r}: {err}") from None
 
     def _check_kind(self) -> None:
         self._kind = sniff(self._head)
@@ -213,8 +252,10 @@ def multipart_boundary(content_type: str) -> bytes:
 
 
 async def receive_uploads(content_type: str, content_length: Optional[str], body: AsyncIterator[bytes],
-                          folder: str | os.PathLike, max_bytes: int, max_files: int) -> list[Upload]:
+                          folder: str | os.PathLike, max_bytes: int, max_files: int,
+                          fields: Optional[dict] = None) -> list[Upload]:
     """Parse a multipart body from ``body`` chunks into files under ``folder``; returns them in upload order.
+    ``fields``, when given, receives the text fields (:data:`TEXT_FIELDS`) the body carried, checked.
 
     Raises :class:`UploadError`. Files already written stay in ``folder`` (the caller removes the folder).
     """
@@ -251,4 +292,6 @@ async def receive_uploads(content_type: str, content_length: Optional[str], body
         raise UploadError(422, "malformed multipart body: it ends before its closing boundary")
     if not receiver.uploads:
         raise UploadError(422, "no file uploaded: send one or more images as multipart/form-data field 'files'")
+    if fields is not None:
+        fields.update(receiver.fields)
     return receiver.uploads

@@ -17,7 +17,7 @@
   const SAVE_THRESHOLD_MS = 400;  // slider settles before it is saved
 
   const S = {
-    items: new Map(),      // path -> record {path, p, lap, w, h, error, v, seq, o}
+    items: new Map(),      // path -> record {path, p, lap, w, h, error, scale, content, v, seq, o}
     order: [],             // paths in display order (filter applied)
     orderDirty: true,
     countsDirty: true,
@@ -209,8 +209,10 @@
       const url = thumbUrl(r);
       if (img.getAttribute('src') !== url) img.src = url;
     }
+    el.dataset.scale = r.scale || '';
+    el.dataset.content = r.content || '';
     el.title = `${r.path}\n${v === 'pending' ? 'not scored yet' : v === 'error' ? r.error : v === 'flat' ? r.flat : `blur ${pct(r.p)} · ${v}`}` +
-      (r.o ? `\nyou chose: ${r.o}` : '');
+      (r.scale ? `\njudged at: ${scaleText(r)}` : '') + (r.o ? `\nyou chose: ${r.o}` : '');
   }
 
   function rebuildOrder() {
@@ -331,6 +333,7 @@
     } else {
       text.textContent = `${fmt(st.total)} photo${st.total === 1 ? '' : 's'} scored${errors}`;
     }
+    $('scale-text').textContent = st.scale ? `judged at: ${st.scale}` : '';
     $('undo').disabled = !st.undo_available;
     $('undo').title = st.undo_available ? `Put back the files of the last apply (${st.undo_available} to undo)`
       : 'Nothing to undo';
@@ -471,6 +474,13 @@
     if (path) select(path);
   }
 
+  // "native (at 100 %) · document": the scale the photo was judged at and what it shows, as far as known.
+  function scaleText(r) {
+    if (!r.scale) return '—';
+    const scale = r.scale === 'native' ? 'native (at 100 %)' : 'screen (640 px)';
+    return r.content ? `${scale} · ${r.content}` : scale;
+  }
+
   function renderDetail(fresh) {
     const r = S.items.get(S.detail);
     if (!r) return;
@@ -491,6 +501,7 @@
     $('detail-kind').textContent = r.kind ? `${kindText(r)}${r.kp ? ` (${pct(r.kp)} sure)` : ''}` +
       (kindOf(r) ? '' : ' — if it is blurry at all') : '—';
     $('detail-noise').textContent = r.noise === null || r.noise === undefined ? '—' : `σ ${r.noise} grey levels`;
+    $('detail-scale').textContent = scaleText(r);
     $('detail-lap').textContent = r.lap === null || r.lap === undefined ? '—' : fmt(r.lap);
     $('detail-size').textContent = r.w ? `${fmt(r.w)} × ${fmt(r.h)}` : '—';
     $('detail-override').textContent = r.o === 'keep' ? 'keep' : r.o === 'reject' ? 'reject' : 'none';
