@@ -400,9 +400,11 @@ def sample_pages(n: int, split: str = "train", seed: int = 0, side: int = 640, w
     any number of ``workers`` (processes). ``dpis``: draw the resolution from these (else documents' 150-600)."""
     jobs = [(seed, i, split, side, dpis) for i in range(n)]
     if workers > 1 and n > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as ex:
+        # spawned, not forked: train.py has TensorFlow's threads running by now, and a fork of them can hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             done = list(ex.map(_page_job, jobs, chunksize=4))
     else:
         done = [_page_job(j) for j in jobs]

@@ -23,8 +23,9 @@ import numpy as np
 
 from .blur_kind import KindHead, kind_features
 from .content import ContentModel
+from .native_focus import NATIVE_EXTRA_NAMES, native_measures
 from .features import FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, job_matrix, prepare_patches, score_jobs
-from .focus import no_detail
+from .focus import no_detail, noise_sigma
 from .imageio import Decoded, decoded_array, load_image, to_gray
 from .native import prepare_native
 from .noise import image_noise_sigma
@@ -33,6 +34,8 @@ from .patches import PATCH_SIZE, blur_map
 CNN_DIR = "model"
 META_DIR = "final_model"
 NATIVE_META = "meta_native"
+NATIVE_FEATURE_NAMES = [*FEATURE_NAMES, *NATIVE_EXTRA_NAMES]
+"""What the native-scale meta-network reads (native.json records it): the feature vector, then native_focus's."""
 """final_model/meta_native.onnx (and .keras): the meta-network of native-scale features (ensemble.native)."""
 NOISE_INDEX = FEATURE_NAMES.index("log_noise_sigma")
 
@@ -155,8 +158,11 @@ class Prepared:
     scale: str = "screen"
     content: str | None = None
     cell: int = 0
+    extra: np.ndarray | None = None
     """``scale``: 'screen' or 'native', what the image is judged at; ``content``: 'photo', 'document' or None (no
-    content classifier); ``cell``: at native scale, the side of the job's cells in full-resolution pixels."""
+    content classifier); ``cell``: at native scale, the side of the job's cells in full-resolution pixels;
+    ``extra``: at native scale, the measures the native-scale meta-network reads after the feature vector
+    (ensemble.native_focus)."""
 
     @property
     def patch_count(self) -> int:
@@ -229,6 +235,10 @@ class BlurDetector:
             raise ValueError(f"{meta_file.parent} was trained on other features than this version computes: "
                              "retrain it with train.py")
         native_file = root / META_DIR / f"{NATIVE_META}.onnx"
+        native_info = root / META_DIR / "native.json"
+        if native_info.exists() and json.loads(native_info.read_text()).get("feature_names") != NATIVE_FEATURE_NAMES:
+            raise ValueError(f"{native_info.parent}'s native-scale meta-network was trained on other features than "
+                             "this version computes: retrain it with train.py --stages native")
         if runtime == "onnx":
             from .runtime import OnnxModel
 
@@ -364,13 +374,14 @@ class BlurDetector:
                     raise ValueError("this model has no native-scale meta-network (final_model/"
                                      f"{NATIVE_META}.onnx): retrain it with train.py, or judge at scale 'screen'")
                 job, cell = prepare_native(decoded.full, self.patch_size)
-                return Prepared(decoded, job, "native", content, cell)
+                extra = native_measures(job.grid.patches[job.chosen], decoded.pixels, decoded.full.shape)
+                return Prepared(decoded, job, "native", content, cell, extra)
             if scale == "native":
                 raise ValueError("the image was decoded without its full-resolution pixels: decode it with "
                                  "scale='native'")
             native = False  # 'auto': decode() found a photo in these same pixels
-        return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size), "native" if native else "screen",
-                        content)
+        # an image no larger than the analysis scale is the same at both scales: judged (and said) 'screen'
+        return Prepared(decoded, prepare_patches(decoded.pixels, self.patch_size), "screen", content)
 
     def score(self, prepared: Sequence[Prepared]) -> list[np.ndarray]:
         """Step 2: each image's CNN scores, float32 (patch_count, 1 + EMBED_DIM), from one CNN call (joined with
@@ -387,16 +398,22 @@ class BlurDetector:
         sizes = [(p.decoded.width, p.decoded.height) for p in prepared]
         grids = [p.job.grid for p in prepared]
         blur = np.empty(len(prepared), np.float32)
-        for scale, model in (("screen", self.meta), ("native", self.meta_native)):
-            rows = [i for i, p in enumerate(prepared) if p.scale == scale]
-            if rows:
-                blur[rows] = np.clip(np.asarray(model(feats[rows])).reshape(-1), 0.0, 1.0)
+        screen = [i for i, p in enumerate(prepared) if p.scale == "screen"]
+        native = [i for i, p in enumerate(prepared) if p.scale == "native"]
+        if screen:
+            blur[screen] = np.clip(np.asarray(self.meta(feats[screen])).reshape(-1), 0.0, 1.0)
+        if native:
+            x = np.hstack([feats[native], np.stack([prepared[i].extra for i in native])]).astype(np.float32)
+            blur[native] = np.clip(np.asarray(self.meta_native(x)).reshape(-1), 0.0, 1.0)
         blur = self._agreed(feats, blur)
         flats = [no_detail(g) for g in grays]
         labels = ["flat" if flat else "blurry" if prob >= self.threshold else "sharp"
                   for flat, prob in zip(flats, blur)]
-        noise = feats[:, NOISE_INDEX].astype(np.float64)
-        kinds = self._kinds(grays, sizes, np.expm1(noise), labels)
+        noise = np.expm1(feats[:, NOISE_INDEX].astype(np.float64))  # σ at the analysis scale, or at full size (native)
+        # the kind head reads the analysis picture, so it gets that picture's noise
+        at_analysis = [noise_sigma(g) if p.scale == "native" else noise[i]
+                       for i, (g, p) in enumerate(zip(grays, prepared))]
+        kinds = self._kinds(grays, sizes, np.asarray(at_analysis, np.float64), labels)
         results = []
         for i, (gray, (w, h), gr, p, prob, f) in enumerate(zip(grays, sizes, grids, probs, blur, feats)):
             flat = flats[i]
@@ -406,8 +423,12 @@ class BlurDetector:
                 to_analysis = min(gray.shape) / min(dec.full.shape)
                 origin = (round(gr.origin[0] * to_analysis), round(gr.origin[1] * to_analysis))
                 side = max(1, round(prepared[i].cell * to_analysis))
-            sigma = None if flat else image_noise_sigma(float(np.expm1(noise[i])), (w, h), gray.shape[::-1],
-                                                        dec.draft, dec.native)
+            if flat:
+                sigma = None
+            elif prepared[i].scale == "native":  # measured on full-resolution strips already (native.full_noise)
+                sigma = float(noise[i])
+            else:
+                sigma = image_noise_sigma(float(noise[i]), (w, h), gray.shape[::-1], dec.draft, dec.native)
             results.append(BlurResult(
                 blur_probability=None if flat else float(prob),
                 label=labels[i],

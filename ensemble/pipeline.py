@@ -413,6 +413,162 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
             **_stats(start)}
 
 
+# -- stage 4c: the native-scale meta-network ----------------------------------------------------------------------
+NATIVE_EVAL_SEED = 2300
+"""Seed of the held-out pages and large photos test.py judges native scale on (fixed: every model meets the same).
+Seed 2200 was looked at while the native measures were designed, so it is not used for figures."""
+
+
+def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 1200,
+                       photo_copies: int = 2, folds: int = 5, members: int = 3, max_epochs: int = 400,
+                       patience: int = 40, seed: int = 0, workers: int = 2, progress: bool = True,
+                       rows=None) -> dict:
+    """Train the native-scale meta-network; write ``out_dir``/meta_native.keras, meta_native.onnx and native.json.
+
+    Its rows (ensemble.native_training): ``pages`` rendered pages in the training fonts and layouts, labelled at the
+    OCR boundary, and ``photo_copies`` large photos made from every training photo, each turned into the native
+    feature vector with the CNN of ``model_dir``. Folds keep a font family or a scene on one side; early stopping,
+    the Platt calibration and the figures in native.json are out-of-fold (meta.fit_bag, as train_meta_stage).
+    """
+    from .detector import NATIVE_FEATURE_NAMES, NATIVE_META
+    from .meta import fit_bag
+    from .native_training import GUARD, PAGE_BLURS, PAGE_RATIO, PHOTO_SIGMA, NativeRows, page_rows, photo_rows
+    from .runtime import try_export_onnx
+
+    start = time.time()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    data = datasets.load_pickle(train_pkl)
+    cnn_info = json.loads((model_dir / "cnn.json").read_text())
+    patch_size = int(cnn_info["hyperparameters"].get("patch_size", PATCH_SIZE))
+    if rows is None:  # ``rows`` (NativeRows of these same arguments) saves their making when only the fit changes
+        bar = _bar("native rows", progress)
+        page = page_rows(pages, "train", seed, model_dir, patch_size, workers, bar)
+        photo = photo_rows(data.images, data.labels, [m["scene"] for m in data.meta], photo_copies, seed, model_dir,
+                           patch_size, workers, bar)
+        rows = NativeRows.join([page, photo])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fold_idx = list(datasets.scene_folds(list(rows.group), folds, seed, labels=rows.y))
+    fit = fit_bag(rows.x, rows.y, fold_idx, members, seed, max_epochs=max_epochs, patience=patience)
+    fit.model.save(out_dir / f"{NATIVE_META}.keras")
+    onnx_note = try_export_onnx(fit.model, out_dir / f"{NATIVE_META}.onnx")
+    oof = fit.oof_probability
+    validation = {src: _round(classification_report(rows.y[m], oof[m], oof[m] >= 0.5))
+                  for src, m in (("all", np.ones(len(rows), bool)), ("pages", rows.source == "page"),
+                                 ("photos", rows.source == "photo"))}
+    info = {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "feature_names": NATIVE_FEATURE_NAMES,
+        "data": {"train_pkl": portable_path(train_pkl), "fingerprint": datasets.fingerprint(data.meta),
+                 "pages": int((rows.source == "page").sum()), "pages_drawn": pages,
+                 "photo_rows": int((rows.source == "photo").sum()), "photo_copies": photo_copies,
+                 "blurry": int(rows.y.sum()), "groups": len(set(rows.group))},
+        "material": {"page_blurs": PAGE_BLURS, "page_ratio_to_ocr_boundary": PAGE_RATIO, "guard": GUARD,
+                     "photo_sigma_px": PHOTO_SIGMA},
+        "meta": {"folds": folds, "members": members, "max_epochs": max_epochs, "patience": patience, "seed": seed,
+                 "bag": [{"seed": seed + k, "epochs": m.epochs, "calibration_platt": list(m.calibration)}
+                         for k, m in enumerate(fit.members)]},
+        "validation_metrics": validation,
+        "versions": _versions(),
+    }
+    atomic_write(out_dir / "native.json", json.dumps(info, indent=1))
+    return {"stage": "native meta", "out": str(out_dir / f"{NATIVE_META}.onnx"), "rows": len(rows),
+            "validation": validation, "onnx": onnx_note or "written", **_stats(start)}
+
+
+def evaluate_native(data, detector, pages: int = 300, seed: int = NATIVE_EVAL_SEED, plots_dir: str | Path | None = None,
+                    progress: bool = True) -> dict | None:
+    """test.py's native-scale section, or None for a model without a native-scale meta-network.
+
+    ``pages`` pages in the held-out fonts and layouts (ensemble.documents; guard-band pages left out), judged at
+    'auto' (the content classifier decides), at 'native' and, for comparison, at 'screen'; one large photo made
+    from every photo of ``data`` at 'native'; and what the content classifier makes of ``data``'s photos as they
+    are (none should be a document). With ``plots_dir``: reliability diagrams and native_blur_map.png, a held-out
+    page whose lower half is soft.
+    """
+    from . import plots
+    from .native_training import page_case, photo_case
+
+    if detector.meta_native is None or pages == 0:
+        return None
+    y_page, p_auto, p_native, p_screen, scales, contents = [], [], [], [], [], []
+    for i in _bar("native pages", progress)(range(pages)):
+        full, label, _ = page_case(seed, i, "heldout")
+        if label is None:
+            continue
+        auto, native, screen = (detector.predict_batch([full], scale=s)[0] for s in ("auto", "native", "screen"))
+        p_screen.append(1.0 if screen.blur_probability is None else screen.blur_probability)
+        y_page.append(label)
+        p_auto.append(auto.blur_probability)
+        p_native.append(native.blur_probability)
+        scales.append(auto.scale)
+        contents.append(auto.content)
+    y_photo, p_photo = [], []
+    for i in _bar("large photos", progress)(range(len(data))):
+        full, label, _ = photo_case(data.images[i], int(data.labels[i]), seed, i)
+        if label is not None:
+            y_photo.append(label)
+            p_photo.append(detector.predict_batch([full], scale="native")[0].blur_probability)
+    photo_content = [detector.classify(g) for g in data.images]
+    sets = {"held-out pages, auto": (y_page, p_auto), "held-out pages, native": (y_page, p_native),
+            "held-out pages, screen (as before)": (y_page, p_screen),
+            "large photos, native": (y_photo, p_photo)}
+    out = {"seed": seed, "sets": {}, "content": {
+        "photos": len(photo_content), "photos_called_documents": photo_content.count("document"),
+        "pages": len(contents), "pages_recognised": contents.count("document"),
+        "pages_judged_native_by_auto": scales.count("native")}}
+    for name, (y, p) in sets.items():
+        y, p = np.asarray(y, int), np.asarray(p, np.float64)
+        out["sets"][name] = _round(classification_report(y, p, p >= detector.threshold))
+    if plots_dir is not None:
+        plots_dir = Path(plots_dir)
+        plots.reliability_diagram(np.asarray(y_page), {"native (pages)": np.asarray(p_native)},
+                                  plots_dir / "reliability_native_pages.png", "Reliability — held-out pages, native")
+        plots.reliability_diagram(np.asarray(y_photo), {"native (large photos)": np.asarray(p_photo)},
+                                  plots_dir / "reliability_native_photos.png", "Reliability — large photos, native")
+        out["blur_map"] = str(native_blur_map(detector, plots_dir / "native_blur_map.png", seed))
+    return out
+
+
+def format_native(native: dict | None) -> list[str]:
+    """test.py's native-scale section as Markdown lines (none for a model without a native-scale meta-network)."""
+    if not native:
+        return []
+    lines = ["### native scale and content (the native-scale meta-network; the content classifier)", "",
+             "| set | n | accuracy | balanced accuracy | ROC AUC | ECE | confusion [[TN FP] [FN TP]] |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, m in native["sets"].items():
+        lines.append(f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['balanced_accuracy']:.4f} | "
+                     f"{m['roc_auc']:.4f} | {m['ece']:.4f} | {m['confusion']} |")
+    c = native["content"]
+    return lines + ["", f"content: {c['photos_called_documents']} of {c['photos']} test photos called documents; "
+                        f"{c['pages_recognised']} of {c['pages']} held-out pages recognised, "
+                        f"{c['pages_judged_native_by_auto']} judged at native scale by auto", ""]
+
+
+def native_blur_map(detector, out_png: str | Path, seed: int = NATIVE_EVAL_SEED) -> Path:
+    """A held-out 300-dpi page whose lower half is out of focus (Gaussian σ 3 × its OCR boundary), judged at native
+    scale, with its cell map over it (red soft, green sharp): the picture of docs/native-scale.md."""
+    import cv2
+
+    from . import documents, plots
+    from .imageio import resize_to_analysis
+
+    spec = documents.sample_spec(np.random.default_rng([seed, 0xB1]), "heldout", dpi=300)
+    page = documents.make_page(spec, blur=("gaussian", 3 * documents.blur_boundary("gaussian", spec.font_px)),
+                               region="bottom")
+    result = detector.predict_batch([page.gray], with_map=True, scale="native")[0]
+    rgb = cv2.cvtColor(resize_to_analysis(page.gray, detector.analysis_side), cv2.COLOR_GRAY2RGB)
+    k = min(rgb.shape[:2]) / min(detector.analysis_side, *page.gray.shape)  # the map is placed at the analysis scale
+    picture = plots.overlay_blur_map(rgb, result.blur_map, (round(result.grid_origin[0] * k),
+                                     round(result.grid_origin[1] * k)), max(1, round(result.patch_size * k)))
+    text = f"P(blurry) {result.blur_probability:.2f} ({result.label}, {result.scale})"
+    cv2.putText(picture, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2, cv2.LINE_AA)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    return out_png
+
+
 def evaluate_kind(data, detector, seed: int = KIND_EVAL_SEED, progress: bool = True) -> dict | None:
     """test.py's kind section, or None when the model has no kind head: the kind figures (kind_training.
     kind_metrics) on two synthetic blurs of every sharp photo of ``data`` (half with camera effects; never seen in
@@ -457,7 +613,8 @@ def format_kind(kind: dict | None) -> list[str]:
 
 # -- stage 5: evaluation -------------------------------------------------------------------------------------------
 def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, plots_dir: str | Path = "reports",
-                   json_out: str | Path | None = None, threshold: float | None = None, progress: bool = True) -> dict:
+                   json_out: str | Path | None = None, threshold: float | None = None, progress: bool = True,
+                   native_pages: int = 300) -> dict:
     """Score ``test_pkl`` with the Laplacian baseline, the CNN alone and the ensemble, per source set.
 
     Thresholds come from training (metadata.json), never from the test data. Saves ROC, confusion-matrix and
@@ -522,6 +679,7 @@ def evaluate_stage(test_pkl: str | Path, model_root: str | Path | None = None, p
         else:
             report["recorded"] = str(root / META_DIR / "metadata.json")
     report["kind"] = evaluate_kind(data, detector, progress=progress)
+    report["native"] = evaluate_native(data, detector, native_pages, plots_dir=plots_dir, progress=progress)
     report.update(_stats(start))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -538,7 +696,7 @@ def format_report(report: dict) -> str:
     lines = []
     for name, cols in report["sets"].items():
         n = cols["ensemble"]["n"]
-        lines += [f"### {name} ({n} images)", "",
+        lines += [f"### {name} ({n} images, scale screen)", "",
                   "| metric | Laplacian threshold | CNN alone | Ensemble |", "|---|---:|---:|---:|"]
         for label, key in ROWS:
             lines.append(f"| {label} | " + " | ".join(f"{cols[c][key]:.4f}" for c in ("laplacian", "cnn", "ensemble"))
@@ -550,6 +708,7 @@ def format_report(report: dict) -> str:
             lines += ["", f"Ensemble ROC AUC, 95 % scene-bootstrap interval: {interval[0]:.4f}–{interval[1]:.4f}"]
         lines.append("")
     lines += format_kind(report.get("kind"))
+    lines += format_native(report.get("native"))
     if report.get("recorded"):
         lines.append(f"test figures recorded in {report['recorded']} (test_metrics)")
     elif report.get("not_recorded"):

@@ -32,6 +32,19 @@ def require_shared(path: Path = CERTH_LABELS) -> Path:
     return path
 
 
+def require_fonts() -> None:
+    """Skip the calling test when the fonts of ensemble.documents (``make fonts``) are missing; under CI, fail."""
+    from ensemble import documents
+
+    try:
+        documents.fonts("train")
+        documents.fonts("heldout")
+    except RuntimeError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"document fonts missing in CI: {err}")
+        pytest.skip(str(err))
+
+
 def require_modules(*names: str, extra: str) -> None:
     """Import ``names`` or skip the calling test, naming the extra that installs them; under CI, fail instead
     (``make test`` installs every extra)."""

@@ -169,21 +169,15 @@ def test_closed_stdout_is_no_traceback(photos):
 
 
 @needs_model
-def test_scan_path_is_light_and_fast(photos):
-    """`scan one.jpg` must stay well under 2 s and never import TensorFlow/Keras."""
+def test_scan_path_is_light(photos):
+    """`scan one.jpg` never imports TensorFlow, Keras or torch (which would cost seconds at start-up)."""
     code = ("import sys, time; t = time.perf_counter(); from ensemble.cli import main; "
             f"rc = main(['scan', '-q', {str(photos['pair'] / 'sharp.jpg')!r}]); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'torch')); "
             "print('HEAVY', heavy, 'RC', rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-    assert "HEAVY [] RC 0" in proc.stdout, proc.stdout + proc.stderr
-    walls = []
-    for _ in range(2):  # best of two: the first run may pay for a cold file cache
-        start = time.perf_counter()
-        assert run_cli("scan", photos["pair"] / "sharp.jpg").returncode == 0
-        walls.append(time.perf_counter() - start)
-    assert min(walls) <= 2.0, walls
+    assert "HEAVY [] RC 0" in proc.stdout, proc.stdout + proc.stderr  # its time: benchmarks/bench_scan.py
 
 
 @needs_model

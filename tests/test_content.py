@@ -11,7 +11,6 @@ are is benchmarks/bench_content.py's business, not a test's.
 from __future__ import annotations
 
 import json
-import os
 
 import cv2
 import numpy as np
@@ -21,21 +20,9 @@ from ensemble import content as C
 from ensemble import datasets
 from ensemble.datasets import DEFAULT_DATA, list_items, load_dataset, split_by_scene
 from ensemble.imageio import load_image
-from fixtures import REPO_ROOT, require_shared
+from fixtures import REPO_ROOT, require_fonts, require_shared
 
 DPIS = (150, 200)  # low resolutions: the pages render in well under 0.1 s each
-
-
-def _need_fonts() -> None:
-    from ensemble import documents
-
-    try:
-        documents.fonts("train")
-        documents.fonts("heldout")
-    except RuntimeError as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"document fonts missing in CI: {err}")
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +39,13 @@ def shared_photos():
 
 @pytest.fixture(scope="module")
 def held_out_pages():
-    _need_fonts()
+    require_fonts()
     return C.sample_pages(30, "heldout", seed=11, dpis=DPIS)
 
 
 @pytest.fixture(scope="module")
 def trained(shared_photos):
-    _need_fonts()
+    require_fonts()
     (photos, scenes), _ = shared_photos
     pages, info = C.sample_pages(60, "train", seed=10, dpis=DPIS)
     return C.fit_content(photos, pages, groups=(scenes, [i["family"] for i in info]), seed=0)
@@ -247,7 +234,7 @@ def test_shipped_model_was_trained_on_training_fonts_and_layouts_only():
 
 
 def test_train_content_stage_writes_a_loadable_model_and_reports(tmp_path, monkeypatch):
-    _need_fonts()
+    require_fonts()
     from ensemble import documents
     from fixtures import make_photo
 

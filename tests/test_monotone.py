@@ -63,6 +63,37 @@ def test_more_blur_is_never_judged_sharper(detector, photos, data):
     assert p_high >= p_low - SLACK
 
 
+@pytest.fixture(scope="module")
+def native_detector():
+    det = BlurDetector.load(threads=2, scale="native")
+    assert det.meta_native is not None, "the shipped model has no native-scale meta-network"
+    return det
+
+
+@pytest.fixture(scope="module")
+def large_images(photos):
+    """Full-resolution material the native scale is judged on: held-out pages (fonts and layouts training never
+    saw, 150-300 dpi) and large photos tiled at their own pixel size from the held-out and packages' photos."""
+    from ensemble import documents
+    from ensemble.native_training import large_photo
+
+    rng = np.random.default_rng(20)
+    pages = [documents.make_page(documents.sample_spec(rng, "heldout", dpi=dpi)).gray for dpi in (150, 200, 300)]
+    big = [large_photo(g, np.random.default_rng([20, i]))[:1600, :1600] for i, g in enumerate(photos[::3])]
+    return pages + big
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 20): at native scale P still falls by up to 0.07 as σ grows "
+                   "(a packages' photo between σ 1 and 1.5 px, a 300-dpi page by 0.013); the meta-network is not "
+                   "monotone by construction and no guard like AGREED_BLURRY covers it yet")
+def test_native_probability_never_falls_as_gaussian_blur_grows(native_detector, large_images):
+    worst = []
+    for gray in large_images:
+        p = probabilities(native_detector, gray, SIGMAS)
+        worst.append(float(np.max(np.maximum.accumulate(p) - p)))
+    assert max(worst) <= SLACK, f"P fell by {max(worst):.4f} as σ grew (image {int(np.argmax(worst))})"
+
+
 class _Const:
     """A stand-in meta-network that calls everything sharp."""
 

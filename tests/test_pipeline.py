@@ -30,7 +30,9 @@ def trained(tmp_path_factory):
     stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
           "--out", "model", cwd=tmp)
     stage("train.py", "--train", "data/train.pkl", "--model", "model", "--out", "final_model", "--folds", "2",
-          "--max-epochs", "5", "--patience", "2", "--kind-copies", "2", "--kind-max-epochs", "3", cwd=tmp)
+          "--max-epochs", "5", "--patience", "2", "--kind-copies", "2", "--kind-max-epochs", "3",
+          "--content-pages", "24", "--native-pages", "16", "--native-photo-copies", "1", "--native-members", "1",
+          cwd=tmp)
     return tmp
 
 
@@ -39,7 +41,8 @@ def test_stages_write_their_outputs(trained):
 
     for f in ("data/train.pkl", "data/test.pkl", "model/cnn.keras", "model/cnn.onnx", "model/training_log.csv",
               "model/training_curves.png", "final_model/meta.keras", "final_model/meta.onnx",
-              "final_model/metadata.json", "final_model/kind.onnx", "final_model/kind.json"):  # kind head: by default
+              "final_model/metadata.json", "final_model/kind.onnx", "final_model/kind.json",  # kind head: by default
+              "final_model/content.json", "final_model/meta_native.onnx", "final_model/native.json"):
         assert (trained / f).exists(), f
     with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written moments ago by the pipeline
         train = pickle.load(fh)
