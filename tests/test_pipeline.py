@@ -72,7 +72,8 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
     stage("CNN.py", "--train", "data/train.pkl", "--epochs", "1", "--patches-per-image", "4", "--width", "0.5",
           "--meta-fraction", "0.4", "--out", "model_held", cwd=trained)
     stage("train.py", "--train", "data/train.pkl", "--model", "model_held", "--out", "final_held", "--folds", "2",
-          "--max-epochs", "3", "--patience", "2", "--members", "1", "--camera-copies", "0", "--no-kind", cwd=trained)
+          "--max-epochs", "3", "--patience", "2", "--members", "1", "--camera-copies", "0", "--stages", "meta",
+          cwd=trained)
     with open(trained / "data/train.pkl", "rb") as fh:  # our own file, written by the pipeline
         scenes = [m["scene"] for m in pickle.load(fh)["meta"]]
     cnn = json.loads((trained / "model_held/cnn.json").read_text())
@@ -88,7 +89,8 @@ def test_meta_fraction_keeps_whole_scenes_from_the_cnn(trained):
 
 
 def test_evaluation_table_json_and_plots(trained):
-    out = stage("test.py", "--test", "data/test.pkl", "--models", ".", "--json", "reports/report.json", "--plots", "reports", cwd=trained)
+    out = stage("test.py", "--test", "data/test.pkl", "--models", ".", "--json", "reports/report.json", "--plots",
+                "reports", "--native-pages", "8", cwd=trained)
     for row in ("accuracy", "balanced accuracy", "precision (blurry)", "recall (blurry)", "ROC AUC", "ECE",
                 "confusion"):
         assert row in out
@@ -101,13 +103,18 @@ def test_evaluation_table_json_and_plots(trained):
         assert (trained / "reports" / png).stat().st_size > 1000
     # The kind section: synthetic blur of the held-out sharp photos through the kind head train.py made.
     assert "### blur kind" in out and report["kind"]["sets"]["synthetic"]["kind"]["n"] > 0
+    # The native section: held-out pages at auto, native and screen, large photos, and the content figures.
+    native = report["native"]
+    assert "### native scale and content" in out and native["content"]["photos"] == cols["ensemble"]["n"]
+    assert 0 < native["sets"]["held-out pages, auto"]["n"] <= 8 and native["sets"]["large photos, native"]["n"] > 0
+    assert (trained / "reports" / "native_blur_map.png").stat().st_size > 1000
 
 
 def test_certh_evaluation_reports_each_set(trained):
     certh = make_fake_certh(trained / "certh", n_per_set=6)
     stage("load_testdata.py", "--certh", str(certh), "--out", "data/certh.pkl", cwd=trained)
     stage("test.py", "--test", "data/certh.pkl", "--models", ".", "--json", "reports/certh.json", "--plots", "reports/certh",
-          cwd=trained)
+          "--native-pages", "0", cwd=trained)
     report = json.loads((trained / "reports/certh.json").read_text())
     assert set(report["sets"]) == {"NaturalBlurSet", "DigitalBlurSet"}
 
