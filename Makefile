@@ -67,7 +67,7 @@ ocr:            ## install tesseract-ocr for benchmarks/bench_ocr.py (needs root
 test: venv browser fonts  ## run the test suite
 	BLUR_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
 
-demo: venv      ## build demo/photos from bundled photos plus blurred copies, then scan it with the shipped model
+demo: venv fonts  ## build demo/photos from bundled photos plus blurred copies and pages, then scan it with the shipped model
 	$(BIN)/python -m ensemble.demo demo/photos
 	$(BIN)/blur-detect scan demo/photos --recursive --save-maps demo/maps
 

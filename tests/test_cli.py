@@ -615,6 +615,22 @@ def test_newlines_in_file_names_never_split_a_message(photos, tmp_path):
     assert f"moved {folder}/bl\\nur.jpg -> {tmp_path}/out/bl\\nur.jpg" in lines
 
 
+def test_demo_pages_are_full_size_and_blurred_as_named(tmp_path):
+    from PIL import Image
+
+    from ensemble import demo
+    from fixtures import require_fonts
+
+    require_fonts()
+    pages = {p.stem: np.asarray(Image.open(p).convert("L"), np.float32) for p in demo.build_pages(tmp_path)}
+    assert set(pages) == {"page_sharp", "page_soft", "page_soft_bottom"}
+    assert all(g.shape == (3508, 2480) for g in pages.values())
+    top, bottom = slice(0, 1400), slice(2100, 3508)  # the blur fades in between 45 and 55 % of the height
+    sharp, half = pages["page_sharp"], pages["page_soft_bottom"]
+    assert np.abs(half[top] - sharp[top]).mean() < 1.0 < np.abs(half[bottom] - sharp[bottom]).mean()
+    assert np.abs(pages["page_soft"][top] - sharp[top]).mean() > 1.0
+
+
 def test_demo_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
     from ensemble import demo
 
