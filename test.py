@@ -7,7 +7,8 @@ for a model with a native-scale meta-network, held-out rendered pages at 'auto' 
 the test photos at 'native', and what the content classifier calls the test photos. Saves ROC, confusion-matrix and
 reliability-diagram PNGs and native_blur_map.png. Thresholds come from training, never from the test data.
 """
-from ensemble.cli_common import add_mlflow_arg, count_arg, in_repo, probability_arg, run_stage, stage_parser, stage_tracker
+from ensemble.cli_common import (add_mlflow_arg, count_arg, in_repo, probability_arg, run_stage, stage_parser,
+                                  stage_tracker)
 
 
 def main(argv=None):

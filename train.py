@@ -71,8 +71,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     track = stage_tracker(p, a)
     note_replacing_shipped(a.out, "final_model")
-    from ensemble.content import train_content_stage
-    from ensemble.pipeline import train_kind_stage, train_meta_stage, train_native_stage
+    from ensemble.pipeline import train_content_stage, train_kind_stage, train_meta_stage, train_native_stage
 
     stages = ("kind",) if a.kind_only else tuple(s for s in a.stages if s != "kind" or not a.no_kind)
     runs = {

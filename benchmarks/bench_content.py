@@ -14,7 +14,7 @@ layouts (content.sample_pages: dpi 150-600, skew up to 2 degrees, crops, Gaussia
 sigma 4 / radius 8 / 20 px, scanner noise, JPEG, some on their side, some with light falloff). The photo groups are
 the scenes, the page groups the font families, so the threshold is set on validation folds of unseen scenes and
 families (content.fit_content). With ``--model FOLDER`` nothing is trained: the model in FOLDER/content.json
-(the shipped one: ``final_model``, written by content.train_content_stage) is judged as it is.
+(the shipped one: ``final_model``, written by pipeline.train_content_stage) is judged as it is.
 
 Judged on:
 

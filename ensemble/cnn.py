@@ -11,11 +11,9 @@ exported model is always float32.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,29 +150,6 @@ def camera_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # -- the training input ---------------------------------------------------------------------------------------------
-def _camera_worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one core a worker process: the pool itself is the parallelism
-
-
-@contextlib.contextmanager
-def _main_module_hidden():
-    """Hide ``__main__``'s file and spec from multiprocessing's spawn, which re-imports them in each child."""
-    main = sys.modules.get("__main__")
-    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
-    try:
-        for k in saved:
-            if k == "__file__":
-                delattr(main, k)
-            else:
-                setattr(main, k, None)
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(main, k, v)
-
-
 def _camera_part(x: np.ndarray, key: tuple) -> np.ndarray:
     return camera_batch(x, np.random.default_rng(key))
 
@@ -185,22 +160,15 @@ class CameraPool:
 
     The camera effects are per-patch numpy and OpenCV work, about 3,300 patches/s on one core and mostly under
     Python's GIL, so threads do not scale them; on a GPU a single core would starve it. The workers are started
-    with ``spawn`` (never ``fork``: the training process may hold a CUDA context or JAX's threads) and import
+    with ``spawn`` (ensemble.processes: the training process may hold a CUDA context or JAX's threads) and import
     nothing but numpy, OpenCV and this package's camera effects.
     """
 
     def __init__(self, workers: int, part: int = 64):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from .processes import spawn_pool
 
         self.workers, self.part = int(workers), int(part)
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_camera_worker_init)
-        # Start every worker now, with the main module hidden: a spawned worker would otherwise import the
-        # caller's script again (and fail in one without an `if __name__ == "__main__":` guard).
-        with _main_module_hidden():
-            for f in [self._pool.submit(int, 0) for _ in range(self.workers)]:
-                f.result()
+        self._pool = spawn_pool(self.workers)
 
     def __call__(self, x: np.ndarray, key: tuple) -> np.ndarray:
         """uint8 (B, P, P, 1) → the same with a fresh chain of camera effects on every patch."""

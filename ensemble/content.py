@@ -395,19 +395,20 @@ def _page_job(args):
 
 
 def sample_pages(n: int, split: str = "train", seed: int = 0, side: int = 640, workers: int = 1,
-                 dpis: tuple[int, ...] | None = None) -> tuple[list[np.ndarray], list[dict]]:
+                 dpis: tuple[int, ...] | None = None, progress=None) -> tuple[list[np.ndarray], list[dict]]:
     """``n`` pages of :func:`sample_page`, page i drawn from the generator seeded (seed, i): the same pages for
-    any number of ``workers`` (processes). ``dpis``: draw the resolution from these (else documents' 150-600)."""
+    any number of ``workers`` (processes). ``dpis``: draw the resolution from these (else documents' 150-600).
+    ``progress`` optionally wraps the stream of finished pages (a tqdm partial, given ``total``)."""
     jobs = [(seed, i, split, side, dpis) for i in range(n)]
     if workers > 1 and n > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from .processes import spawn_pool
 
-        # spawned, not forked: train.py has TensorFlow's threads running by now, and a fork of them can hang
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            done = list(ex.map(_page_job, jobs, chunksize=4))
+        with spawn_pool(workers) as ex:
+            stream = ex.map(_page_job, jobs, chunksize=4)
+            done = list(progress(stream, total=n) if progress else stream)
     else:
-        done = [_page_job(j) for j in jobs]
+        stream = map(_page_job, jobs)
+        done = list(progress(stream, total=n) if progress else stream)
     return [d[0] for d in done], [d[1] for d in done]
 
 
@@ -656,69 +657,12 @@ def evaluate_content(model: ContentModel, photo_grays, page_grays) -> dict:
 # ------------------------------------------------------------------------------------------------ the pipeline stage
 
 STAGE_PAGES = 600
-"""Pages :func:`train_content_stage` renders by default: about 2 minutes on 2 CPU cores, most of the stage."""
+"""Pages the pipeline's content stage (pipeline.train_content_stage) renders by default: about 2 minutes on 2 CPU
+cores, most of the stage."""
 STAGE_PAGE_SEED = 1000
 """Training pages are drawn with seed ``STAGE_PAGE_SEED + seed`` (benchmarks/bench_content.py trains on the same
 ones and judges on held-out pages drawn from 2000 + seed)."""
 
 
-def train_content_stage(train_pkl, out_dir, pages: int = STAGE_PAGES, seed: int = 0, workers: int = 2,
-                        progress: bool = True) -> dict:
-    """Train the content classifier and write ``out_dir``/content.json (atomically); return a short report.
-
-    Photos: every image of the training pickle (load_traindata.py; ``meta[i]["scene"]`` groups them). Pages:
-    ``pages`` rendered in the *training* fonts and layouts (:func:`sample_pages`, split 'train', ``workers``
-    processes; needs Pillow and the fonts of ``make fonts``). Fitted by :func:`fit_content` with the scenes and the
-    pages' font families as groups, so the threshold is set on folds of unseen scenes and families. The report:
-    stage, out, photos, changed_photos, pages, threshold, threshold_logit, margin_logit, the out-of-fold figures
-    (photos called documents, page recall, the highest photo and lowest page logit) and seconds.
-    """
-    import sys
-    import time
-
-    from . import datasets
-
-    start = time.time()
-
-    def say(msg: str) -> None:
-        if progress:
-            print(f"content: {msg} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-
-    if pages < 2:
-        raise ValueError(f"pages must be at least 2, got {pages}")
-    out_dir = Path(out_dir)
-    if not Path(train_pkl).is_file():
-        raise FileNotFoundError(f"{train_pkl}: no training pickle (run load_traindata.py)")
-    # the pages first: the worker processes then do not inherit the photos (hundreds of MB)
-    say(f"rendering {pages} training pages ({workers} workers)")
-    page_grays, info = sample_pages(pages, "train", seed=STAGE_PAGE_SEED + seed, workers=workers)
-    families = [str(i["family"]) for i in info]
-    data = datasets.load_pickle(train_pkl)
-    if not data.images:
-        raise datasets.DatasetError(f"{train_pkl} has no photos to train the content classifier on")
-    scenes = [str(m.get("scene", i)) for i, m in enumerate(data.meta)]
-    say(f"{len(page_grays)} pages in {len(set(families))} font families, {len(data.images)} photos from "
-        f"{len(set(scenes))} scenes; fitting")
-    model, report = fit_content(data.images, page_grays, groups=(scenes, families), seed=seed)
-    try:  # the path as seen from the repository, not this machine's
-        pkl_name = Path(train_pkl).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
-    except ValueError:
-        pkl_name = Path(train_pkl).name
-    model.params["data"] = {"train_pkl": pkl_name, "fingerprint": datasets.fingerprint(data.meta),
-                            "photos": len(data.images), "scenes": len(set(scenes)), "pages": len(page_grays),
-                            "page_split": "train", "page_seed": STAGE_PAGE_SEED + seed,
-                            "page_layouts": sorted({str(i["layout"]) for i in info}),
-                            "page_families": sorted(set(families))}
-    path = model.save(out_dir)
-    seconds = round(time.time() - start, 1)
-    say(f"wrote {path}: threshold logit {report['threshold_logit']:.2f}, out-of-fold page recall "
-        f"{report['oof_page_recall']:.2%}, {report['oof_photos_called_documents']} photos called documents")
-    keys = ("photos", "changed_photos", "pages", "folds", "threshold", "threshold_logit", "margin_logit",
-            "oof_photos_called_documents", "oof_changed_photos_called_documents", "oof_pages_called_photos",
-            "oof_page_recall", "oof_photo_max_logit", "oof_page_min_logit")
-    return {"stage": "content classifier", "out": str(path), **{k: report[k] for k in keys}, "seconds": seconds}
-
-
 __all__ = ["CONTENT_FEATURE_NAMES", "CONTENT_FILE", "CONTENTS", "ContentModel", "content_features",
-           "change_photo", "evaluate_content", "feature_matrix", "fit_content", "sample_page", "sample_pages",
-           "train_content_stage"]
+           "change_photo", "evaluate_content", "feature_matrix", "fit_content", "sample_page", "sample_pages"]

@@ -4,9 +4,9 @@ and three rendered document pages.
     python -m ensemble.demo demo/photos
 
 Each photo is written sharp and with defocus, Gaussian and motion blur, so a scan shows both verdicts. The pages
-(A4 at 300 dpi, two columns of text, in fonts and a layout training never saw; ensemble.documents, with the fonts of ``make fonts``) are
-sharp, blurred all over and blurred in their lower half, each twice as far past its OCR boundary: ``--scale auto``
-judges them at 100 %.
+(A4 at 300 dpi, two columns of text, in fonts and a layout training never saw; ensemble.documents, with the fonts
+of ``make fonts``) are sharp, blurred all over and blurred in their lower half, each twice as far past its OCR
+boundary: ``--scale auto`` judges them at 100 %.
 """
 from __future__ import annotations
 

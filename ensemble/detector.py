@@ -23,19 +23,16 @@ import numpy as np
 
 from .blur_kind import KindHead, kind_features
 from .content import ContentModel
-from .native_focus import NATIVE_EXTRA_NAMES, native_measures
 from .features import FEATURE_NAMES, LAPVAR_INDEX, PatchJob, batch_features, job_matrix, prepare_patches, score_jobs
 from .focus import no_detail, noise_sigma
 from .imageio import Decoded, decoded_array, load_image, to_gray
-from .native import prepare_native
+from .native import NATIVE_FEATURE_NAMES, native_inputs, prepare_native
 from .noise import image_noise_sigma
 from .patches import PATCH_SIZE, blur_map
 
 CNN_DIR = "model"
 META_DIR = "final_model"
 NATIVE_META = "meta_native"
-NATIVE_FEATURE_NAMES = [*FEATURE_NAMES, *NATIVE_EXTRA_NAMES]
-"""What the native-scale meta-network reads (native.json records it): the feature vector, then native_focus's."""
 """final_model/meta_native.onnx (and .keras): the meta-network of native-scale features (ensemble.native)."""
 NOISE_INDEX = FEATURE_NAMES.index("log_noise_sigma")
 
@@ -236,7 +233,8 @@ class BlurDetector:
                              "retrain it with train.py")
         native_file = root / META_DIR / f"{NATIVE_META}.onnx"
         native_info = root / META_DIR / "native.json"
-        if native_info.exists() and json.loads(native_info.read_text()).get("feature_names") != NATIVE_FEATURE_NAMES:
+        native_names = json.loads(native_info.read_text()).get("feature_names") if native_info.exists() else None
+        if native_names is not None and native_names != list(NATIVE_FEATURE_NAMES):
             raise ValueError(f"{native_info.parent}'s native-scale meta-network was trained on other features than "
                              "this version computes: retrain it with train.py --stages native")
         if runtime == "onnx":
@@ -373,8 +371,7 @@ class BlurDetector:
                 if self.meta_native is None:
                     raise ValueError("this model has no native-scale meta-network (final_model/"
                                      f"{NATIVE_META}.onnx): retrain it with train.py, or judge at scale 'screen'")
-                job, cell = prepare_native(decoded.full, self.patch_size)
-                extra = native_measures(job.grid.patches[job.chosen], decoded.pixels, decoded.full.shape)
+                job, cell, extra = prepare_native(decoded.full, decoded.pixels, self.patch_size)
                 return Prepared(decoded, job, "native", content, cell, extra)
             if scale == "native":
                 raise ValueError("the image was decoded without its full-resolution pixels: decode it with "
@@ -403,7 +400,7 @@ class BlurDetector:
         if screen:
             blur[screen] = np.clip(np.asarray(self.meta(feats[screen])).reshape(-1), 0.0, 1.0)
         if native:
-            x = np.hstack([feats[native], np.stack([prepared[i].extra for i in native])]).astype(np.float32)
+            x = native_inputs(feats[native], [prepared[i].extra for i in native])
             blur[native] = np.clip(np.asarray(self.meta_native(x)).reshape(-1), 0.0, 1.0)
         blur = self._agreed(feats, blur)
         flats = [no_detail(g) for g in grays]

@@ -6,9 +6,10 @@ the CNN its most detailed full-resolution patch. So the cost stays that of a scr
 half of its cells. The focus measures are computed on the mosaic of those patches, at full resolution too; the
 noise on full-resolution strips of the image.
 
-The result is a :class:`~ensemble.features.PatchJob` like a screen-scale one, with the same feature vector, which
-the native-scale meta-network (``final_model/meta_native.onnx``) scores. Its grid is the cell grid, so the blur
-map covers the whole frame, one value a cell.
+The result is a :class:`~ensemble.features.PatchJob` like a screen-scale one, with the same feature vector, and the
+measures of ensemble.native_focus (directional sharpness, text-line pitch); the native-scale meta-network
+(``final_model/meta_native.onnx``) reads both (:data:`NATIVE_FEATURE_NAMES`, :func:`native_inputs`). Its grid is the
+cell grid, so the blur map covers the whole frame, one value a cell.
 """
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ import math
 
 import numpy as np
 
-from .features import PatchJob
+from .features import FEATURE_NAMES, PatchJob
 from .focus import focus_features, noise_sigma, noise_sigma_of_bands
 from .imageio import strips
+from .native_focus import NATIVE_EXTRA_NAMES, native_measures
 from .patches import MAX_SCORED, MIN_TEXTURE_STD, PATCH_SIZE, PatchGrid
+
+NATIVE_FEATURE_NAMES = (*FEATURE_NAMES, *NATIVE_EXTRA_NAMES)
+"""What the native-scale meta-network reads (native.json records it): the feature vector, then native_focus's."""
 
 NATIVE_CELLS = MAX_SCORED
 """About this many cells (and so at most this many CNN patches) an image is judged on at native scale."""
@@ -89,10 +94,20 @@ def full_noise(full: np.ndarray) -> float:
     return noise_sigma(full) if sigma is None else sigma
 
 
-def prepare_native(full: np.ndarray, patch_size: int = PATCH_SIZE) -> tuple[PatchJob, int]:
-    """Everything of a full-resolution uint8 (H, W) grey image's native-scale features that needs no CNN, and the
-    side of its cells in full-resolution pixels. Every textured cell's patch is scored (all of them when none is)."""
+def prepare_native(full: np.ndarray, analysis: np.ndarray, patch_size: int = PATCH_SIZE
+                   ) -> tuple[PatchJob, int, np.ndarray]:
+    """Everything of a full-resolution uint8 (H, W) grey image's native-scale features that needs no CNN: its job,
+    the side of its cells in full-resolution pixels and its native measures, float32 (len(NATIVE_EXTRA_NAMES),),
+    which also read ``analysis``, the image at the analysis scale. Every textured cell's patch is scored (all of
+    them when none is)."""
     noise = full_noise(full)
     grid, side = native_grid(full, patch_size, noise)
     chosen = grid.textured.copy() if grid.textured.any() else np.ones_like(grid.textured)
-    return PatchJob(noise, grid, chosen, focus_features(mosaic(grid), noise)), side
+    job = PatchJob(noise, grid, chosen, focus_features(mosaic(grid), noise))
+    return job, side, native_measures(grid.patches[chosen], analysis, full.shape)
+
+
+def native_inputs(feats: np.ndarray, extras) -> np.ndarray:
+    """The native-scale meta-network's input, float32 (N, len(NATIVE_FEATURE_NAMES)): each image's feature vector
+    (features.job_matrix, (N, F)) followed by its native measures (``extras``, N of them)."""
+    return np.hstack([np.asarray(feats, np.float32), np.stack(list(extras))]).astype(np.float32)

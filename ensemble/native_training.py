@@ -12,15 +12,14 @@ The shared photos are 640 px, where native and screen scale are the same, so ful
   at full resolution with Gaussian σ from :data:`PHOTO_SIGMA` (σ ≥ 1 px is blurry at 100 %, as issue 20 asks;
   σ in the guard band between is left out). A blurry photo stays blurry.
 
-Each case is turned into the detector's native-scale feature vector (ensemble.native.prepare_native, the CNN on its
-patches, features.job_matrix): exactly what BlurDetector computes for it at ``scale="native"``. The cases are drawn
+Each case is turned into the native-scale meta-network's input (ensemble.native.prepare_native, the CNN on its
+patches, features.job_matrix, native.native_inputs): exactly what BlurDetector computes for it at
+``scale="native"``. The cases are drawn
 from seeded generators, case i of a set from (seed, i), so any number of worker processes give the same rows.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -48,9 +47,8 @@ PHOTO_MP = (1.2, 12.0)
 
 @dataclass
 class NativeRows:
-    """Feature rows of native-scale cases. ``x`` float32 (N, F) (detector.NATIVE_FEATURE_NAMES), ``y`` int (N,)
-    1 blurry,
-    ``group`` (N,) the fold group (a photo's scene, a page's font family), ``source`` 'page' or 'photo',
+    """Feature rows of native-scale cases. ``x`` float32 (N, F) (native.NATIVE_FEATURE_NAMES), ``y`` int (N,),
+    1 blurry; ``group`` (N,) the fold group (a photo's scene, a page's font family); ``source`` 'page' or 'photo';
     ``info`` what made each case (kind, extent, boundary, dpi, size...)."""
 
     x: np.ndarray
@@ -144,22 +142,19 @@ _WORKER: dict = {}
 def _init_worker(model_dir: str, patch_size: int):
     from .runtime import load_cnn
 
-    cv2.setNumThreads(1)
     _WORKER.update(cnn=load_cnn(model_dir, threads=1), patch_size=patch_size)
 
 
 def native_features(full: np.ndarray, cnn, patch_size: int) -> np.ndarray:
-    """The native-scale feature vector float32 (F + E,) of a full-resolution uint8 (H, W) grey image, the feature
-    vector then native_focus's measures: what BlurDetector computes at ``scale="native"``."""
+    """The native-scale meta-network's input float32 (len(native.NATIVE_FEATURE_NAMES),) for a full-resolution
+    uint8 (H, W) grey image: what BlurDetector computes for it at ``scale="native"``."""
     from .features import job_matrix, score_jobs
     from .imageio import resize_to_analysis
-    from .native import prepare_native
-    from .native_focus import native_measures
+    from .native import native_inputs, prepare_native
 
-    job, _ = prepare_native(full, patch_size)
+    job, _, extra = prepare_native(full, resize_to_analysis(full), patch_size)
     feats, _ = job_matrix([job], score_jobs([job], cnn))
-    extra = native_measures(job.grid.patches[job.chosen], resize_to_analysis(full), full.shape)
-    return np.concatenate([feats[0], extra])
+    return native_inputs(feats, [extra])[0]
 
 
 def _row(task):
@@ -177,14 +172,14 @@ def _row(task):
 
 
 def _run(tasks, model_dir, patch_size, workers, progress) -> NativeRows:
-    from .detector import NATIVE_FEATURE_NAMES
+    from .native import NATIVE_FEATURE_NAMES
 
     rows, ys, gs, srcs, infos = [], [], [], [], []
     init = (str(model_dir), patch_size)
     if workers > 1:
-        # spawned, not forked: train.py has TensorFlow's threads running by now, and a fork of them can hang
-        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=init)
+        from .processes import spawn_pool
+
+        ex = spawn_pool(workers, _init_worker, init)
         done = ex.map(_row, tasks, chunksize=2)
     else:
         ex = None
@@ -202,8 +197,8 @@ def _run(tasks, model_dir, patch_size, workers, progress) -> NativeRows:
     finally:
         if ex is not None:
             ex.shutdown()
-    return NativeRows(np.asarray(rows, np.float32).reshape(len(rows), len(NATIVE_FEATURE_NAMES)), np.asarray(ys, int),
-                      np.asarray(gs, dtype=object), np.asarray(srcs, dtype=object), infos)
+    return NativeRows(np.asarray(rows, np.float32).reshape(len(rows), len(NATIVE_FEATURE_NAMES)),
+                      np.asarray(ys, int), np.asarray(gs, dtype=object), np.asarray(srcs, dtype=object), infos)
 
 
 def page_rows(n: int, split: str, seed: int, model_dir, patch_size: int, workers: int = 1, progress=None,

@@ -413,16 +413,55 @@ def train_kind_stage(train_pkl: str | Path, out_dir: str | Path, copies: int = 4
             **_stats(start)}
 
 
-# -- stage 4c: the native-scale meta-network ----------------------------------------------------------------------
+# -- stage 4c: the content classifier ------------------------------------------------------------------------------
+def train_content_stage(train_pkl: str | Path, out_dir: str | Path, pages: int | None = None, seed: int = 0,
+                        workers: int = 2, progress: bool = True) -> dict:
+    """Train the content classifier (ensemble.content) and write ``out_dir``/content.json (atomically).
+
+    Photos: every image of the training pickle, grouped by scene. Pages: ``pages`` (default content.STAGE_PAGES)
+    rendered in the *training* fonts and layouts by ``workers`` processes (needs the fonts of ``make fonts``),
+    grouped by font family, so the threshold is set on folds of unseen scenes and families (content.fit_content).
+    Returns the counts, the threshold and the out-of-fold figures.
+    """
+    from . import content
+
+    start = time.time()
+    pages = content.STAGE_PAGES if pages is None else pages
+    if pages < 2:
+        raise ValueError(f"pages must be at least 2, got {pages}")
+    if not Path(train_pkl).is_file():
+        raise FileNotFoundError(f"{train_pkl}: no training pickle (run load_traindata.py)")
+    # the pages first: the worker processes then never hold the photos (hundreds of MB)
+    page_seed = content.STAGE_PAGE_SEED + seed
+    page_grays, info = content.sample_pages(pages, "train", seed=page_seed, workers=workers,
+                                            progress=_bar("content pages", progress))
+    families = [str(i["family"]) for i in info]
+    data = datasets.load_pickle(train_pkl)
+    if not data.images:
+        raise datasets.DatasetError(f"{train_pkl} has no photos to train the content classifier on")
+    scenes = [str(m.get("scene", i)) for i, m in enumerate(data.meta)]
+    model, report = content.fit_content(data.images, page_grays, groups=(scenes, families), seed=seed)
+    model.params["data"] = {"train_pkl": portable_path(train_pkl), "fingerprint": datasets.fingerprint(data.meta),
+                            "photos": len(data.images), "scenes": len(set(scenes)), "pages": len(page_grays),
+                            "page_split": "train", "page_seed": page_seed,
+                            "page_layouts": sorted({str(i["layout"]) for i in info}),
+                            "page_families": sorted(set(families))}
+    path = model.save(out_dir)
+    keys = ("photos", "changed_photos", "pages", "folds", "threshold", "threshold_logit", "margin_logit",
+            "oof_photos_called_documents", "oof_changed_photos_called_documents", "oof_pages_called_photos",
+            "oof_page_recall", "oof_photo_max_logit", "oof_page_min_logit")
+    return {"stage": "content classifier", "out": str(path), **{k: report[k] for k in keys}, **_stats(start)}
+
+
+# -- stage 4d: the native-scale meta-network ----------------------------------------------------------------------
 NATIVE_EVAL_SEED = 2300
 """Seed of the held-out pages and large photos test.py judges native scale on (fixed: every model meets the same).
 Seed 2200 was looked at while the native measures were designed, so it is not used for figures."""
 
 
-def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 1200,
+def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 1500,
                        photo_copies: int = 2, folds: int = 5, members: int = 3, max_epochs: int = 400,
-                       patience: int = 40, seed: int = 0, workers: int = 2, progress: bool = True,
-                       rows=None) -> dict:
+                       patience: int = 40, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     """Train the native-scale meta-network; write ``out_dir``/meta_native.keras, meta_native.onnx and native.json.
 
     Its rows (ensemble.native_training): ``pages`` rendered pages in the training fonts and layouts, labelled at the
@@ -430,8 +469,9 @@ def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: st
     feature vector with the CNN of ``model_dir``. Folds keep a font family or a scene on one side; early stopping,
     the Platt calibration and the figures in native.json are out-of-fold (meta.fit_bag, as train_meta_stage).
     """
-    from .detector import NATIVE_FEATURE_NAMES, NATIVE_META
+    from .detector import NATIVE_META
     from .meta import fit_bag
+    from .native import NATIVE_FEATURE_NAMES
     from .native_training import GUARD, PAGE_BLURS, PAGE_RATIO, PHOTO_SIGMA, NativeRows, page_rows, photo_rows
     from .runtime import try_export_onnx
 
@@ -440,12 +480,11 @@ def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: st
     data = datasets.load_pickle(train_pkl)
     cnn_info = json.loads((model_dir / "cnn.json").read_text())
     patch_size = int(cnn_info["hyperparameters"].get("patch_size", PATCH_SIZE))
-    if rows is None:  # ``rows`` (NativeRows of these same arguments) saves their making when only the fit changes
-        bar = _bar("native rows", progress)
-        page = page_rows(pages, "train", seed, model_dir, patch_size, workers, bar)
-        photo = photo_rows(data.images, data.labels, [m["scene"] for m in data.meta], photo_copies, seed, model_dir,
-                           patch_size, workers, bar)
-        rows = NativeRows.join([page, photo])
+    bar = _bar("native rows", progress)
+    page = page_rows(pages, "train", seed, model_dir, patch_size, workers, bar)
+    photo = photo_rows(data.images, data.labels, [m["scene"] for m in data.meta], photo_copies, seed, model_dir,
+                       patch_size, workers, bar)
+    rows = NativeRows.join([page, photo])
     out_dir.mkdir(parents=True, exist_ok=True)
     fold_idx = list(datasets.scene_folds(list(rows.group), folds, seed, labels=rows.y))
     fit = fit_bag(rows.x, rows.y, fold_idx, members, seed, max_epochs=max_epochs, patience=patience)
@@ -457,7 +496,7 @@ def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: st
                                  ("photos", rows.source == "photo"))}
     info = {
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "feature_names": NATIVE_FEATURE_NAMES,
+        "feature_names": list(NATIVE_FEATURE_NAMES),
         "data": {"train_pkl": portable_path(train_pkl), "fingerprint": datasets.fingerprint(data.meta),
                  "pages": int((rows.source == "page").sum()), "pages_drawn": pages,
                  "photo_rows": int((rows.source == "photo").sum()), "photo_copies": photo_copies,
@@ -490,16 +529,19 @@ def evaluate_native(data, detector, pages: int = 300, seed: int = NATIVE_EVAL_SE
 
     if detector.meta_native is None or pages == 0:
         return None
+    def prob(result) -> float:  # a flat result (blurred to nothing) counts as blurry
+        return 1.0 if result.blur_probability is None else result.blur_probability
+
     y_page, p_auto, p_native, p_screen, scales, contents = [], [], [], [], [], []
     for i in _bar("native pages", progress)(range(pages)):
         full, label, _ = page_case(seed, i, "heldout")
         if label is None:
             continue
         auto, native, screen = (detector.predict_batch([full], scale=s)[0] for s in ("auto", "native", "screen"))
-        p_screen.append(1.0 if screen.blur_probability is None else screen.blur_probability)
         y_page.append(label)
-        p_auto.append(auto.blur_probability)
-        p_native.append(native.blur_probability)
+        p_auto.append(prob(auto))
+        p_native.append(prob(native))
+        p_screen.append(prob(screen))
         scales.append(auto.scale)
         contents.append(auto.content)
     y_photo, p_photo = [], []
@@ -507,7 +549,7 @@ def evaluate_native(data, detector, pages: int = 300, seed: int = NATIVE_EVAL_SE
         full, label, _ = photo_case(data.images[i], int(data.labels[i]), seed, i)
         if label is not None:
             y_photo.append(label)
-            p_photo.append(detector.predict_batch([full], scale="native")[0].blur_probability)
+            p_photo.append(prob(detector.predict_batch([full], scale="native")[0]))
     photo_content = [detector.classify(g) for g in data.images]
     sets = {"held-out pages, auto": (y_page, p_auto), "held-out pages, native": (y_page, p_native),
             "held-out pages, screen (as before)": (y_page, p_screen),
@@ -558,11 +600,7 @@ def native_blur_map(detector, out_png: str | Path, seed: int = NATIVE_EVAL_SEED)
                                region="bottom")
     result = detector.predict_batch([page.gray], with_map=True, scale="native")[0]
     rgb = cv2.cvtColor(resize_to_analysis(page.gray, detector.analysis_side), cv2.COLOR_GRAY2RGB)
-    k = min(rgb.shape[:2]) / min(detector.analysis_side, *page.gray.shape)  # the map is placed at the analysis scale
-    picture = plots.overlay_blur_map(rgb, result.blur_map, (round(result.grid_origin[0] * k),
-                                     round(result.grid_origin[1] * k)), max(1, round(result.patch_size * k)))
-    text = f"P(blurry) {result.blur_probability:.2f} ({result.label}, {result.scale})"
-    cv2.putText(picture, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2, cv2.LINE_AA)
+    picture = plots.blur_map_picture(rgb, result)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

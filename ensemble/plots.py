@@ -120,3 +120,24 @@ def overlay_blur_map(rgb: np.ndarray, blur_map: np.ndarray, origin: tuple[int, i
     for c in range(blur_map.shape[1] + 1):
         cv2.line(out, (x0 + c * patch, y0), (x0 + c * patch, y0 + blur_map.shape[0] * patch), (255, 255, 255), 1)
     return out
+
+
+def blur_map_picture(rgb: np.ndarray, result) -> np.ndarray:
+    """The analysis-scale photo ``rgb`` (uint8 (H, W, 3)) with ``result``'s blur map (a BlurResult: its cells at
+    either scale, placed on the analysis-scale picture) over it and its probability and label in the corner."""
+    import cv2
+
+    if result.blur_map is not None and result.blur_map.size:
+        picture = overlay_blur_map(rgb, result.blur_map, result.grid_origin, result.patch_size)
+    else:
+        picture = rgb.copy()
+    text = (f"flat: {result.flat}" if result.blur_probability is None
+            else f"blur {100 * result.blur_probability:.0f}% ({result.label})")
+    scale = max(0.5, min(picture.shape[:2]) / 640)
+    thick = max(1, round(2 * scale))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    pad = round(6 * scale)
+    # A dark box behind the text keeps it legible on any photo.
+    cv2.rectangle(picture, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (0, 0, 0), -1)
+    cv2.putText(picture, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return picture

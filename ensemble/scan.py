@@ -233,26 +233,12 @@ def save_blur_map(path: str, result: "BlurResult", out_png: str | os.PathLike, s
 
     Written through a temporary file, so an interrupted scan never leaves a half-written PNG behind.
     """
-    import cv2
     from PIL import Image
 
     from .imageio import load_image
-    from .plots import overlay_blur_map
+    from .plots import blur_map_picture
 
-    rgb = load_image(path, "RGB", side).pixels
-    if result.blur_map is not None and result.blur_map.size:
-        picture = overlay_blur_map(rgb, result.blur_map, result.grid_origin, result.patch_size)
-    else:
-        picture = rgb.copy()
-    text = (f"flat: {result.flat}" if result.blur_probability is None
-            else f"blur {100 * result.blur_probability:.0f}% ({result.label})")
-    scale = max(0.5, min(picture.shape[:2]) / 640)
-    thick = max(1, round(2 * scale))
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    pad = round(6 * scale)
-    # A dark box behind the text keeps it legible on any photo.
-    cv2.rectangle(picture, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (0, 0, 0), -1)
-    cv2.putText(picture, text, (pad, pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    picture = blur_map_picture(load_image(path, "RGB", side).pixels, result)
     out_png = Path(out_png)
     tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ensemble import content as C
-from ensemble import datasets
+from ensemble import datasets, pipeline
 from ensemble.datasets import DEFAULT_DATA, list_items, load_dataset, split_by_scene
 from ensemble.imageio import load_image
 from fixtures import REPO_ROOT, require_fonts, require_shared
@@ -247,9 +247,9 @@ def test_train_content_stage_writes_a_loadable_model_and_reports(tmp_path, monke
                      "height": 240})
     pkl = datasets.save_pickle(datasets.LoadedData(images, np.array([m["label"] for m in meta], np.int8), meta),
                                tmp_path / "train.pkl")
-    monkeypatch.setattr(C, "sample_pages", lambda n, split, seed=0, workers=1: _low_dpi_pages(n, split, seed))
+    monkeypatch.setattr(C, "sample_pages", lambda n, split, seed=0, **_: _low_dpi_pages(n, split, seed))
     out = tmp_path / "model"
-    report = C.train_content_stage(pkl, out, pages=12, seed=3, workers=1, progress=False)
+    report = pipeline.train_content_stage(pkl, out, pages=12, seed=3, workers=1, progress=False)
     assert report["stage"] == "content classifier" and report["out"] == str(out / C.CONTENT_FILE)
     assert report["photos"] == 24 and report["changed_photos"] == 24 and report["pages"] == 12
     assert report["oof_photos_called_documents"] == 0 and 0 < report["threshold"] < 1 and report["seconds"] >= 0
@@ -260,7 +260,7 @@ def test_train_content_stage_writes_a_loadable_model_and_reports(tmp_path, monke
     assert model.params["data"]["train_pkl"] == "train.pkl"  # not this machine's path
     assert set(model.params["data"]["page_layouts"]) <= set(documents.TRAIN_LAYOUTS)
     with pytest.raises(FileNotFoundError):
-        C.train_content_stage(tmp_path / "missing.pkl", out, pages=12, progress=False)
+        pipeline.train_content_stage(tmp_path / "missing.pkl", out, pages=12, progress=False)
 
 
 _real_sample_pages = C.sample_pages

@@ -550,7 +550,8 @@ def test_predict_takes_a_scale_per_request_and_the_server_default_otherwise(tmp_
 
 
 @pytest.mark.parametrize("parts, words", [
-    ([(b'form-data; name="scale"', b"huge")], "form field 'scale': scale must be one of screen, native, auto, not 'huge'"),
+    ([(b'form-data; name="scale"', b"huge")],
+     "form field 'scale': scale must be one of screen, native, auto, not 'huge'"),
     ([(b'form-data; name="scale"', b"auto"), (b'form-data; name="scale"', b"screen")], "given twice"),
     ([(b'form-data; name="scale"; filename="s.txt"', b"auto")], "holds a file, not text"),
     ([(b'form-data; name="scale"', b"a" * 100)], "longer than 64 bytes"),

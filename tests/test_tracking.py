@@ -46,8 +46,8 @@ def tracked(tmp_path_factory):
     script("CNN.py", "--train", "data/train.pkl", "--epochs", "2", "--patches-per-image", "4", "--width", "0.5",
            "--out", "model", "--quiet", "--mlflow", uri, cwd=tmp)
     script("train.py", "--train", "data/train.pkl", "--model", "model", "--out", "final_model", "--folds", "2",
-           "--max-epochs", "4", "--patience", "2", "--members", "2", "--camera-copies", "0", "--stages", "meta", "--quiet",
-           "--mlflow", uri, cwd=tmp)  # the kind head's run: test_a_kind_only_run_follows_the_record, in-process
+           "--max-epochs", "4", "--patience", "2", "--members", "2", "--camera-copies", "0", "--stages", "meta",
+           "--quiet", "--mlflow", uri, cwd=tmp)  # the kind head's run: test_a_kind_only_run_follows_the_record, in-process
     script("test.py", "--test", "data/test.pkl", "--models", ".", "--plots", "reports", "--json",
            "reports/report.json", "--quiet", "--mlflow", uri, cwd=tmp)
     return tmp, uri
