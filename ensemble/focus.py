@@ -39,6 +39,8 @@ block means falls below their mean): measured on flat grey strips of 130 × 4000
 (0.940–0.950), and divided out by noise_sigma_of_bands."""
 
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_IMMERKAER_1D = np.array([1, -2, 1], np.float32)
+"""Immerkær's operator is the outer product of this with itself: separable, so a third of the work."""
 LAPLACIAN_NOISE_GAIN = 20.0
 """Variance of the 3 × 3 Laplacian's response to white noise of variance 1 (1 + 1 + 1 + 1 + 4²)."""
 
@@ -53,9 +55,7 @@ this (grey levels) is uniform: a blank page or picture, a covered or fogged-up l
 
 def detail_spread(gray: np.ndarray) -> float:
     """Grey-level standard deviation after 8 × 8 area averaging: how much there is to see, noise left out."""
-    h, w = gray.shape
-    small = cv2.resize(gray, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
-    return float(small.std())
+    return _spread(_downscale(gray, 8))
 
 
 def no_detail(gray: np.ndarray, what: str = "picture") -> str | None:
@@ -77,8 +77,11 @@ def _noise_blocks(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     b = min(NOISE_BLOCK, max(1, (min(gray.shape) - 2) // 2))  # at least 4 blocks in a small image
     rows, cols = (gray.shape[0] - 2) // b, (gray.shape[1] - 2) // b
     inner = (slice(1, 1 + rows * b), slice(1, 1 + cols * b))  # the operator's border row and column left out
-    r = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[inner])
-    blocks = r.reshape(rows, b, cols, b).sum(axis=(1, 3)).ravel() / (b * b)
+    # In integers (|r| <= 16 · 255), summed along rows first: exact, and a third of the time of a float filter and a
+    # strided sum.
+    r = np.abs(cv2.sepFilter2D(gray, cv2.CV_16S, _IMMERKAER_1D, _IMMERKAER_1D)[inner])
+    sums = r.reshape(rows * b, cols, b).sum(axis=2, dtype=np.int32).reshape(rows, b, cols).sum(axis=1)
+    blocks = sums.ravel() / (b * b)
     ii = cv2.integral(gray[inner])[::b, ::b]  # block sums of the grey levels from an integral image: the cheapest
     means = (ii[1:, 1:] - ii[:-1, 1:] - ii[1:, :-1] + ii[:-1, :-1]).ravel() / (b * b)
     return blocks, means
@@ -128,34 +131,55 @@ def noise_sigma_of_bands(bands, min_blocks: int = 16) -> float | None:
 
 def laplacian_variance(gray: np.ndarray) -> float:
     """Variance of the Laplacian (3×3 kernel), in grey levels squared. 0 for a flat image."""
-    lap = cv2.Laplacian(gray, cv2.CV_32F)
-    return float(lap.var())
+    return _spread(cv2.Laplacian(gray, _depth(gray))) ** 2
 
 
 def _downscale(gray: np.ndarray, factor: int) -> np.ndarray:
+    """``gray`` area-averaged over ``factor`` × ``factor`` blocks, the rows and columns past the last whole block
+    left out: OpenCV's exact integer-ratio path, 30 times faster than a ratio a hair off it (853 to 426)."""
     if factor == 1:
         return gray
     h, w = gray.shape
-    return cv2.resize(gray, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    rows, cols = max(1, h // factor), max(1, w // factor)
+    if h >= factor and w >= factor:
+        gray = gray[: rows * factor, : cols * factor]
+    return cv2.resize(gray, (cols, rows), interpolation=cv2.INTER_AREA)
 
 
 def _spread(x: np.ndarray) -> float:
-    """Standard deviation of an image (cv2.meanStdDev: one pass in double precision)."""
-    return float(cv2.meanStdDev(x)[1][0, 0])
+    """Standard deviation of an image of any depth, in double precision."""
+    mean, square = _moments(x)
+    return float(np.sqrt(max(square - mean * mean, 0.0)))
+
+
+def _moments(x: np.ndarray) -> tuple[float, float]:
+    """(mean, mean square) of an image: OpenCV's sum and squared norm, exact for integers and ten times faster than
+    cv2.meanStdDev on int16 (the derivatives below are kept in int16, exact for uint8 images)."""
+    n = x.size
+    return float(cv2.sumElems(x)[0]) / n, float(cv2.norm(x, cv2.NORM_L2SQR)) / n
+
+
+def _depth(img: np.ndarray) -> int:
+    """The output depth of a 3 × 3 derivative of ``img``: int16 for uint8 (exact: |Laplacian| <= 4 · 255, |Sobel| <=
+    4 · 255), three times faster than float32; float32 otherwise."""
+    return cv2.CV_16S if img.dtype == np.uint8 else cv2.CV_32F
 
 
 def _mean_square(x: np.ndarray) -> float:
-    mean, std = cv2.meanStdDev(x)
-    return float(mean[0, 0] ** 2 + std[0, 0] ** 2)
+    return _moments(x)[1]
 
 
 def _tile_variances(lap: np.ndarray) -> np.ndarray:
-    """Variance of ``lap`` in each tile of a TILE_GRID × TILE_GRID grid, shape (k,)."""
+    """Variance of ``lap`` in each tile of a TILE_GRID × TILE_GRID grid, shape (k,), float64."""
     h, w = lap.shape
     th, tw = max(1, h // TILE_GRID), max(1, w // TILE_GRID)
     rows, cols = max(1, h // th), max(1, w // tw)
-    tiles = lap[: rows * th, : cols * tw].reshape(rows, th, cols, tw)
-    return tiles.var(axis=(1, 3)).ravel()
+    out = np.empty(rows * cols)
+    for k in range(rows * cols):  # 64 views summed by OpenCV: five times faster than numpy's strided variance
+        r, c = divmod(k, cols)
+        mean, square = _moments(lap[r * th:(r + 1) * th, c * tw:(c + 1) * tw])
+        out[k] = square - mean * mean
+    return out
 
 
 def focus_features(gray: np.ndarray, noise: float | None = None) -> np.ndarray:
@@ -173,11 +197,11 @@ def focus_features(gray: np.ndarray, noise: float | None = None) -> np.ndarray:
     lapvars = []
     for factor in SCALES:
         img = _downscale(gray, factor)
-        lap = cv2.Laplacian(img, cv2.CV_32F)
+        lap = cv2.Laplacian(img, _depth(img))
         var = _spread(lap) ** 2
         lapvars.append(var)
         tiles = _tile_variances(lap)
-        tenengrad = sum(_mean_square(cv2.Sobel(img, cv2.CV_32F, dx, 1 - dx)) for dx in (1, 0))
+        tenengrad = sum(_mean_square(cv2.Sobel(img, _depth(img), dx, 1 - dx)) for dx in (1, 0))
         feats += [
             np.log1p(var),
             *np.log1p(np.quantile(tiles, [0.5, 0.9, 1.0])),

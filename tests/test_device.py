@@ -332,3 +332,16 @@ def test_serve_says_the_device_before_it_listens_and_passes_it_to_its_workers(tm
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_the_onnx_runtime_builds_are_found_beside_the_module_as_importlib_metadata_finds_them():
+    # _installed globs one folder instead of importlib.metadata's search of every path entry (start-up time)
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx-no-such-build"):
+        try:
+            version(dist)
+            expected = True
+        except PackageNotFoundError:
+            expected = False
+        assert runtime._installed(dist) is expected, dist

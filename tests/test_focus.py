@@ -57,3 +57,58 @@ def test_patch_grid_covers_image_and_marks_flat_patches(photo):
 def test_tiny_image_still_gives_one_patch():
     grid = extract_patches(np.random.default_rng(0).integers(0, 255, (20, 30), dtype=np.uint8))
     assert grid.patches.shape == (1, PATCH_SIZE, PATCH_SIZE)
+
+
+def _reference_focus(gray, noise):
+    """focus_features written the plain way (float32 OpenCV filters, numpy statistics), for the fast version to
+    be held to: the shipped meta-network was trained on these values."""
+    import cv2
+
+    feats, lapvars = [], []
+    for factor in (1, 2, 4):
+        h, w = gray.shape
+        img = gray if factor == 1 else cv2.resize(gray[: h // factor * factor, : w // factor * factor],
+                                                  (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+        lap = cv2.Laplacian(img, cv2.CV_32F).astype(np.float64)
+        th, tw = img.shape[0] // 8, img.shape[1] // 8
+        tiles = lap[: 8 * th, : 8 * tw].reshape(8, th, 8, tw).var(axis=(1, 3)).ravel()
+        ten = sum((cv2.Sobel(img, cv2.CV_32F, dx, 1 - dx).astype(np.float64) ** 2).mean() for dx in (1, 0))
+        lapvars.append(lap.var())
+        feats += [np.log1p(lap.var()), *np.log1p(np.quantile(tiles, [0.5, 0.9, 1.0])), np.log1p(ten)]
+    feats += [np.log1p(lapvars[0]) - np.log1p(lapvars[1]), np.log1p(lapvars[0]) - np.log1p(lapvars[2]),
+              np.log1p(gray.std()), np.log1p(noise),
+              np.log1p(max(lapvars[0] - 20 * noise**2, 0.0)), np.log1p(max(lapvars[1] - 20 * (noise / 2) ** 2, 0.0))]
+    return np.asarray(feats)
+
+
+@pytest.mark.parametrize("shape", [(640, 640), (480, 853), (333, 501)])
+def test_fast_focus_measures_match_the_plain_computation(shape):
+    # int16 derivatives, OpenCV sums and per-tile norms are a speed-up only: the values must stay those of the
+    # float computation (odd sizes included, where the halvings drop a last row or column)
+    import cv2
+
+    from ensemble.focus import noise_sigma
+
+    gray = to_gray(make_photo(11, size=shape))
+    gray = cv2.add(gray, (np.random.default_rng(0).normal(0, 4, gray.shape)).astype(np.int8), dtype=cv2.CV_8U)
+    noise = noise_sigma(gray)
+    np.testing.assert_allclose(focus_features(gray, noise), _reference_focus(gray, noise), rtol=0, atol=2e-5)
+
+
+def test_fast_noise_estimate_matches_the_plain_immerkaer_filter():
+    import cv2
+
+    from ensemble.focus import NOISE_BLOCK, _noise_blocks
+
+    gray = to_gray(make_photo(12, size=(300, 410)))
+    blocks, _ = _noise_blocks(gray)
+    b = NOISE_BLOCK
+    rows, cols = (gray.shape[0] - 2) // b, (gray.shape[1] - 2) // b
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    r = np.abs(cv2.filter2D(gray, cv2.CV_64F, kernel)[1:1 + rows * b, 1:1 + cols * b])
+    np.testing.assert_allclose(blocks, r.reshape(rows, b, cols, b).mean(axis=(1, 3)).ravel(), rtol=1e-12)
+
+
+def test_patch_spread_matches_numpy(photo):
+    grid = extract_patches(photo, PATCH_SIZE)
+    np.testing.assert_allclose(grid.std, grid.patches.reshape(len(grid.patches), -1).std(axis=1), rtol=1e-5)
