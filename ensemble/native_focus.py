@@ -27,10 +27,13 @@ _STEPS = ((0, 1), (1, 0), (1, 1), (1, -1))  # along rows, down columns, the two 
 def directional_energy(patches: np.ndarray) -> np.ndarray:
     """float64 (N, 4, 2): each uint8 (N, P, P) patch's mean squared first and second differences in the four
     directions (within the patch: no seam between two patches counts), per unit step."""
-    x = np.asarray(patches, np.float32)
+    x = np.asarray(patches)
     out = np.zeros((len(x), 4, 2))
     if x.size == 0 or x.shape[1] < 3 or x.shape[2] < 3:
         return out
+    # In int16 (|c - 2b + a| <= 4 · 255), squared and summed by OpenCV in double precision: exact, and four times
+    # faster than the same in float32 numpy.
+    x = x.astype(np.int16) if x.dtype == np.uint8 else x.astype(np.float32)
     for k, (dy, dx) in enumerate(_STEPS):
         unit = float(dy * dy + dx * dx)
         h, w = x.shape[1] - 2 * dy, x.shape[2] - 2 * abs(dx)
@@ -40,9 +43,17 @@ def directional_energy(patches: np.ndarray) -> np.ndarray:
             return x[:, i * dy:i * dy + h, x0 + i * dx:x0 + i * dx + w]
 
         a, b, c = at(0), at(1), at(2)
-        out[:, k, 0] = ((b - a) ** 2).mean(axis=(1, 2)) / unit
-        out[:, k, 1] = ((c - 2 * b + a) ** 2).mean(axis=(1, 2)) / unit ** 2
+        first = b - a
+        second = (c - b) - first
+        out[:, k, 0] = _mean_squares(first) / unit
+        out[:, k, 1] = _mean_squares(second) / unit ** 2
     return out
+
+
+def _mean_squares(stack: np.ndarray) -> np.ndarray:
+    """float64 (N,): the mean square of each (h, w) image of an (N, h, w) stack."""
+    n = stack.shape[1] * stack.shape[2]
+    return np.array([cv2.norm(d, cv2.NORM_L2SQR) for d in stack], np.float64) / n
 
 
 STRIP = 24

@@ -112,3 +112,25 @@ def test_fast_noise_estimate_matches_the_plain_immerkaer_filter():
 def test_patch_spread_matches_numpy(photo):
     grid = extract_patches(photo, PATCH_SIZE)
     np.testing.assert_allclose(grid.std, grid.patches.reshape(len(grid.patches), -1).std(axis=1), rtol=1e-5)
+
+
+def test_directional_energy_matches_plain_differences():
+    from ensemble.native_focus import _STEPS, directional_energy
+
+    x = (np.random.default_rng(1).random((4, 40, 40)) * 255).astype(np.uint8)
+    got = directional_energy(x)
+    f = x.astype(np.float64)
+    for k, (dy, dx) in enumerate(_STEPS):
+        h, w, x0 = 40 - 2 * dy, 40 - 2 * abs(dx), 2 * abs(dx) if dx < 0 else 0
+        a, b, c = (f[:, i * dy:i * dy + h, x0 + i * dx:x0 + i * dx + w] for i in range(3))
+        unit = dy * dy + dx * dx
+        np.testing.assert_allclose(got[:, k, 0], ((b - a) ** 2).mean(axis=(1, 2)) / unit, rtol=1e-12)
+        np.testing.assert_allclose(got[:, k, 1], ((c - 2 * b + a) ** 2).mean(axis=(1, 2)) / unit**2, rtol=1e-12)
+
+
+def test_native_candidate_spreads_match_numpy():
+    from ensemble.native import _candidate_spreads
+
+    sample = (np.random.default_rng(2).random((72, 72)) * 255).astype(np.uint8)
+    expected = sample.astype(np.float64).reshape(3, 24, 3, 24).std(axis=(1, 3))
+    np.testing.assert_allclose(_candidate_spreads(sample, 3), expected, rtol=1e-9)
