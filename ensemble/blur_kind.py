@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .focus import mean_square
+
 KIND_MODEL = "kind.onnx"
 KIND_INFO = "kind.json"
 KINDS = ("defocus", "motion")
@@ -60,10 +62,9 @@ def _raw_tensor(img: np.ndarray) -> tuple[float, float, float]:
     depth = cv2.CV_16S if img.dtype == np.uint8 else cv2.CV_32F
     gx = cv2.Sobel(img, depth, 1, 0, ksize=3)
     gy = cv2.Sobel(img, depth, 0, 1, ksize=3)
-    n = gx.size
-    xx, yy = cv2.norm(gx, cv2.NORM_L2SQR) / n, cv2.norm(gy, cv2.NORM_L2SQR) / n
-    both = cv2.norm(cv2.add(gx, gy), cv2.NORM_L2SQR) / n  # |gx + gy| <= 8 · 255: no int16 overflow
-    return float(xx), float((both - xx - yy) / 2.0), float(yy)
+    xx, yy = mean_square(gx), mean_square(gy)
+    both = mean_square(cv2.add(gx, gy))  # |gx + gy| <= 8 · 255: no int16 overflow
+    return xx, (both - xx - yy) / 2.0, yy
 
 
 def _tensors(pyramid: list[np.ndarray], noise: float) -> np.ndarray:

@@ -82,9 +82,15 @@ def _noise_blocks(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r = np.abs(cv2.sepFilter2D(gray, cv2.CV_16S, _IMMERKAER_1D, _IMMERKAER_1D)[inner])
     sums = r.reshape(rows * b, cols, b).sum(axis=2, dtype=np.int32).reshape(rows, b, cols).sum(axis=1)
     blocks = sums.ravel() / (b * b)
-    ii = cv2.integral(gray[inner])[::b, ::b]  # block sums of the grey levels from an integral image: the cheapest
-    means = (ii[1:, 1:] - ii[:-1, 1:] - ii[1:, :-1] + ii[:-1, :-1]).ravel() / (b * b)
+    means = block_sums(cv2.integral(gray[inner]), b).ravel() / (b * b)  # from an integral image: the cheapest
     return blocks, means
+
+
+def block_sums(integral: np.ndarray, b: int) -> np.ndarray:
+    """The sums over the b × b blocks of an image, (rows, cols), from its integral image (cv2.integral, (H + 1,
+    W + 1)) when b divides H and W."""
+    corners = integral[::b, ::b]
+    return corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
 
 
 def _sigma_of_blocks(blocks: np.ndarray, means: np.ndarray, min_blocks: int = 4,
@@ -156,7 +162,7 @@ def _moments(x: np.ndarray) -> tuple[float, float]:
     """(mean, mean square) of an image: OpenCV's sum and squared norm, exact for integers and ten times faster than
     cv2.meanStdDev on int16 (the derivatives below are kept in int16, exact for uint8 images)."""
     n = x.size
-    return float(cv2.sumElems(x)[0]) / n, float(cv2.norm(x, cv2.NORM_L2SQR)) / n
+    return float(cv2.sumElems(x)[0]) / n, mean_square(x)
 
 
 def _depth(img: np.ndarray) -> int:
@@ -165,8 +171,9 @@ def _depth(img: np.ndarray) -> int:
     return cv2.CV_16S if img.dtype == np.uint8 else cv2.CV_32F
 
 
-def _mean_square(x: np.ndarray) -> float:
-    return _moments(x)[1]
+def mean_square(x: np.ndarray) -> float:
+    """The mean square of an image of any depth (OpenCV's squared norm: exact for integers, in double precision)."""
+    return float(cv2.norm(x, cv2.NORM_L2SQR)) / x.size
 
 
 def _tile_variances(lap: np.ndarray) -> np.ndarray:
@@ -201,7 +208,7 @@ def focus_features(gray: np.ndarray, noise: float | None = None) -> np.ndarray:
         var = _spread(lap) ** 2
         lapvars.append(var)
         tiles = _tile_variances(lap)
-        tenengrad = sum(_mean_square(cv2.Sobel(img, _depth(img), dx, 1 - dx)) for dx in (1, 0))
+        tenengrad = sum(mean_square(cv2.Sobel(img, _depth(img), dx, 1 - dx)) for dx in (1, 0))
         feats += [
             np.log1p(var),
             *np.log1p(np.quantile(tiles, [0.5, 0.9, 1.0])),

@@ -16,6 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .focus import mean_square
+
 NATIVE_EXTRA_NAMES = ("log_dir_energy_min", "dir_anisotropy", "log_dir2_energy_min", "dir2_anisotropy",
                       "log_line_pitch_full_px", "line_strength")
 """What :func:`native_measures` returns, in order; the native-scale meta-network reads features.FEATURE_NAMES and
@@ -45,15 +47,9 @@ def directional_energy(patches: np.ndarray) -> np.ndarray:
         a, b, c = at(0), at(1), at(2)
         first = b - a
         second = (c - b) - first
-        out[:, k, 0] = _mean_squares(first) / unit
-        out[:, k, 1] = _mean_squares(second) / unit ** 2
+        out[:, k, 0] = [mean_square(d) / unit for d in first]
+        out[:, k, 1] = [mean_square(d) / unit ** 2 for d in second]
     return out
-
-
-def _mean_squares(stack: np.ndarray) -> np.ndarray:
-    """float64 (N,): the mean square of each (h, w) image of an (N, h, w) stack."""
-    n = stack.shape[1] * stack.shape[2]
-    return np.array([cv2.norm(d, cv2.NORM_L2SQR) for d in stack], np.float64) / n
 
 
 STRIP = 24
