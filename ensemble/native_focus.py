@@ -7,9 +7,13 @@ meta-network is told the size of the text: the pitch of its lines, in full-resol
 softens only the edges across its direction: text keeps crisp strokes along it, which lifts the Laplacian and the
 CNN, so the gradient energy is also measured in four directions and its weakest direction reported. (Each patch's
 edge width in that direction, alone and over the line pitch, was tried too and left out: it did not change the
-out-of-fold figures.)
+out-of-fold figures.) The four fixed directions miss a streak between them, and an average over the patches misses
+a page soft in one region only; so the structure tensor (the mean of the gradient's outer product) gives each patch
+its weakest direction at any angle (:func:`structure_tensor`), and the quantiles over the patches of that energy,
+relative to the patch's own contrast, show a soft region among sharp ones (on seed-0 training pages, grouped by font
+family, they lifted a boosted-trees probe's out-of-fold accuracy from 0.948 to 0.967).
 
-All of it is cheap: the directions on the ~24 chosen 96-px patches, the pitch on the analysis-scale picture.
+All of it is cheap: the directions and the tensors on the ~24 chosen 96-px patches, the pitch on the analysis-scale picture.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ import numpy as np
 from .focus import mean_square
 
 NATIVE_EXTRA_NAMES = ("log_dir_energy_min", "dir_anisotropy", "log_dir2_energy_min", "dir2_anisotropy",
-                      "log_line_pitch_full_px", "line_strength")
+                      "log_line_pitch_full_px", "line_strength", "log_st_weakest", "st_anisotropy",
+                      "st_rel_weakest_q10", "st_rel_weakest_q25", "st_rel_weakest_q50", "st_rel_weakest_q90",
+                      "st_patch_anisotropy_q50", "st_patch_anisotropy_q90")
 """What :func:`native_measures` returns, in order; the native-scale meta-network reads features.FEATURE_NAMES and
 then these."""
 
@@ -50,6 +56,29 @@ def directional_energy(patches: np.ndarray) -> np.ndarray:
         out[:, k, 0] = [mean_square(d) / unit for d in first]
         out[:, k, 1] = [mean_square(d) / unit ** 2 for d in second]
     return out
+
+
+def structure_tensor(patches: np.ndarray) -> np.ndarray:
+    """float64 (N, 3): each uint8 (N, P, P) patch's mean gx², gy², gx·gy (Sobel 3 × 3 over 8, grey levels per pixel;
+    the outer two pixels left out so that no border counts)."""
+    x = np.asarray(patches)
+    out = np.zeros((len(x), 3))
+    for k, patch in enumerate(x):
+        if min(patch.shape) < 5:
+            continue
+        p = patch.astype(np.float32)
+        gx = cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)[2:-2, 2:-2]
+        gy = cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)[2:-2, 2:-2]
+        out[k] = mean_square(gx), mean_square(gy), float(np.mean(gx * gy, dtype=np.float64))
+    return out
+
+
+def tensor_eigenvalues(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weakest, strongest) directional energies of (..., 3) structure tensors (gx², gy², gx·gy)."""
+    t = np.asarray(t, np.float64)
+    half = (t[..., 0] + t[..., 1]) / 2
+    disc = np.sqrt(np.maximum(half * half - (t[..., 0] * t[..., 1] - t[..., 2] ** 2), 0.0))
+    return np.maximum(half - disc, 0.0), half + disc
 
 
 STRIP = 24
@@ -106,7 +135,25 @@ def native_measures(patches: np.ndarray, analysis: np.ndarray, full_shape: tuple
     pitch, strength = line_pitch(analysis)
     pitch_full = pitch * min(full_shape) / max(1, min(np.asarray(analysis).shape[:2]))
     return np.array([np.log1p(lo[0]), np.log1p(hi[0]) - np.log1p(lo[0]), np.log1p(lo[1]),
-                     np.log1p(hi[1]) - np.log1p(lo[1]), np.log1p(pitch_full), strength], np.float32)
+                     np.log1p(hi[1]) - np.log1p(lo[1]), np.log1p(pitch_full), strength,
+                     *tensor_measures(patches)], np.float32)
 
 
-__all__ = ["NATIVE_EXTRA_NAMES", "directional_energy", "line_pitch", "native_measures"]
+def tensor_measures(patches: np.ndarray) -> np.ndarray:
+    """float64 (8,): the structure-tensor half of NATIVE_EXTRA_NAMES for uint8 (N, P, P) patches: the weakest
+    energy of their mean tensor and its anisotropy (log), the 10/25/50/90 % quantiles over the patches of
+    log(weakest energy / grey-level variance), and the 50/90 % quantiles of each patch's anisotropy (log)."""
+    if len(patches) == 0:
+        return np.zeros(8)
+    t = structure_tensor(patches)
+    lo, hi = tensor_eigenvalues(t.mean(axis=0))
+    lo_p, hi_p = tensor_eigenvalues(t)
+    var = np.asarray(patches, np.float32).reshape(len(patches), -1).var(axis=1) + 1.0
+    rel = np.log(lo_p + 1e-3) - np.log(var)
+    aniso = np.log(hi_p + 1e-3) - np.log(lo_p + 1e-3)
+    return np.array([np.log1p(lo), np.log1p(hi) - np.log1p(lo), *np.percentile(rel, [10, 25, 50, 90]),
+                     *np.percentile(aniso, [50, 90])])
+
+
+__all__ = ["NATIVE_EXTRA_NAMES", "directional_energy", "line_pitch", "native_measures", "structure_tensor",
+           "tensor_eigenvalues", "tensor_measures"]

@@ -454,9 +454,10 @@ def train_content_stage(train_pkl: str | Path, out_dir: str | Path, pages: int |
 
 
 # -- stage 4d: the native-scale meta-network ----------------------------------------------------------------------
-NATIVE_EVAL_SEED = 2300
+NATIVE_EVAL_SEED = 2400
 """Seed of the held-out pages and large photos test.py judges native scale on (fixed: every model meets the same).
-Seed 2200 was looked at while the native measures were designed, so it is not used for figures."""
+Seeds 2200 and 2300 were looked at while the native measures were designed (2300's errors steered the
+structure-tensor measures), so they are not used for figures."""
 
 
 def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 1500,

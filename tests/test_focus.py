@@ -134,3 +134,40 @@ def test_native_candidate_spreads_match_numpy():
     sample = (np.random.default_rng(2).random((72, 72)) * 255).astype(np.uint8)
     expected = sample.astype(np.float64).reshape(3, 24, 3, 24).std(axis=(1, 3))
     np.testing.assert_allclose(_candidate_spreads(sample, 3), expected, rtol=1e-9)
+
+
+def test_structure_tensor_matches_plain_sobel():
+    from ensemble.native_focus import structure_tensor, tensor_eigenvalues
+
+    x = (np.random.default_rng(2).random((3, 40, 40)) * 255).astype(np.uint8)
+    got = structure_tensor(x)
+    f = x.astype(np.float64)
+    dx = (f[:, :-2, 2:] + 2 * f[:, 1:-1, 2:] + f[:, 2:, 2:] - f[:, :-2, :-2] - 2 * f[:, 1:-1, :-2] - f[:, 2:, :-2]) / 8
+    dy = (f[:, 2:, :-2] + 2 * f[:, 2:, 1:-1] + f[:, 2:, 2:] - f[:, :-2, :-2] - 2 * f[:, :-2, 1:-1] - f[:, :-2, 2:]) / 8
+    dx, dy = dx[:, 1:-1, 1:-1], dy[:, 1:-1, 1:-1]  # the outer two pixels of the patch left out
+    want = np.stack([(dx * dx).mean(axis=(1, 2)), (dy * dy).mean(axis=(1, 2)), (dx * dy).mean(axis=(1, 2))], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    lo, hi = tensor_eigenvalues(got)
+    for t, a, b in zip(got, lo, hi):
+        np.testing.assert_allclose(np.linalg.eigvalsh([[t[0], t[2]], [t[2], t[1]]]), [a, b], rtol=1e-9)
+
+
+def test_structure_tensor_finds_a_streak_between_the_fixed_directions():
+    """A 22.5-degree motion streak, halfway between two of the four fixed directions: the tensor sees it as more
+    anisotropic than they do, and its weakest energy far below a sharp patch's."""
+    import cv2
+
+    from ensemble.native_focus import directional_energy, structure_tensor, tensor_eigenvalues
+
+    sharp = (np.random.default_rng(3).random((128, 128)) * 255).astype(np.float32)
+    k = np.zeros((15, 15), np.float32)
+    c, s = np.cos(np.deg2rad(22.5)), np.sin(np.deg2rad(22.5))
+    for t in np.linspace(-7, 7, 57):
+        k[int(round(7 + t * s)), int(round(7 + t * c))] = 1
+    streak = cv2.filter2D(sharp, -1, k / k.sum())[16:112, 16:112].round().astype(np.uint8)
+    sharp = sharp[16:112, 16:112].astype(np.uint8)
+    lo_s, _ = tensor_eigenvalues(structure_tensor(sharp[None]))
+    lo_m, hi_m = tensor_eigenvalues(structure_tensor(streak[None]))
+    fixed = directional_energy(streak[None])[0, :, 0]
+    assert hi_m[0] / lo_m[0] > 1.5 * fixed.max() / fixed.min()
+    assert lo_m[0] < 0.2 * lo_s[0]

@@ -83,9 +83,6 @@ def large_images(photos):
     return pages + big
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 20): at native scale P still falls by up to 0.07 as σ grows "
-                   "(a packages' photo between σ 1 and 1.5 px, a 300-dpi page by 0.013); the meta-network is not "
-                   "monotone by construction and no guard like AGREED_BLURRY covers it yet")
 def test_native_probability_never_falls_as_gaussian_blur_grows(native_detector, large_images):
     worst = []
     for gray in large_images:
