@@ -564,7 +564,7 @@ def run_scan(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         names = map_names(item.path for item in inputs)
 
-        def after(scanned) -> None:  # runs in the worker threads, so pictures are drawn in parallel
+        def save_map(scanned) -> None:  # runs in the worker threads, so pictures are drawn in parallel
             if scanned.result is None:
                 return
             try:
@@ -572,6 +572,8 @@ def run_scan(args: argparse.Namespace) -> int:
                               detector.analysis_side)
             except Exception as err:  # noqa: BLE001 - reported per image by the main thread
                 map_failures[scanned.path] = _one_line(err)
+
+        after = save_map
 
     report = Report(args.format, args.output, detector.threshold)
     try:
