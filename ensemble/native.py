@@ -113,7 +113,8 @@ def prepare_native(full: np.ndarray, analysis: np.ndarray, patch_size: int = PAT
     grid, side = native_grid(full, patch_size, noise)
     chosen = grid.textured.copy() if grid.textured.any() else np.ones_like(grid.textured)
     job = PatchJob(noise, grid, chosen, focus_features(mosaic(grid), noise))
-    return job, side, native_measures(grid.patches[chosen], analysis, full.shape)
+    return job, side, native_measures(grid.patches[chosen], analysis, full.shape, (grid.rows, grid.cols),
+                                      np.flatnonzero(chosen))
 
 
 def native_inputs(feats: np.ndarray, extras) -> np.ndarray:

@@ -171,3 +171,45 @@ def test_structure_tensor_finds_a_streak_between_the_fixed_directions():
     fixed = directional_energy(streak[None])[0, :, 0]
     assert hi_m[0] / lo_m[0] > 1.5 * fixed.max() / fixed.min()
     assert lo_m[0] < 0.2 * lo_s[0]
+
+
+def test_region_contrast_finds_the_soft_part_of_the_grid():
+    """Patches soft in the lower half of a 4 × 3 grid: the contrast finds a part that much softer than the rest
+    and reports its level; a grid soft all over, or with too few patches, shows no contrast."""
+    from ensemble.native_focus import frame_regions, region_contrast
+
+    rows, cols = 4, 3
+    cells = np.arange(rows * cols)
+    rel = np.where(cells >= 6, -6.0, -2.0)  # the lower two rows
+    gap, worst = region_contrast(rel, (rows, cols), cells)
+    assert gap == pytest.approx(4.0) and worst == pytest.approx(-6.0)
+    assert region_contrast(np.full(12, -6.0), (rows, cols), cells)[0] == 0
+    assert region_contrast(rel[:3], (rows, cols), cells[:3])[0] == 0  # no part has two patches in and two out
+    assert frame_regions(rows, cols).any(axis=0).all()  # every cell lies in some part
+
+
+def test_reblur_takes_less_from_a_patch_that_is_soft_already():
+    """A further blur removes little of a blurred patch's gradient energy and much of a sharp one's, at every σ."""
+    import cv2
+
+    from ensemble.native_focus import REBLUR_SIGMAS, reblur_measures
+
+    sharp = (np.random.default_rng(4).random((6, 96, 96)) * 255).astype(np.uint8)
+    soft = np.stack([cv2.GaussianBlur(p, (0, 0), 3.0) for p in sharp])
+    a, b = reblur_measures(sharp), reblur_measures(soft)
+    assert a.shape == b.shape == (3 * len(REBLUR_SIGMAS),)
+    assert (a <= 0).all() and (b <= 0).all()
+    assert (b > a + 0.3).all()
+    assert (np.diff(a.reshape(len(REBLUR_SIGMAS), 3)[:, 1]) < 0).all()  # more blur removes more
+
+
+def test_blurring_stacked_patches_matches_blurring_each_alone():
+    import cv2
+
+    from ensemble.native_focus import REBLUR_SIGMAS, gaussian_blur_each
+
+    x = (np.random.default_rng(5).random((4, 40, 40)) * 255).astype(np.uint8)
+    for sigma in REBLUR_SIGMAS:
+        r = int(np.ceil(3 * sigma))
+        want = np.stack([cv2.GaussianBlur(p.astype(np.float32), (2 * r + 1, 2 * r + 1), sigma) for p in x])
+        np.testing.assert_allclose(gaussian_blur_each(x, sigma), want, atol=1e-3)
