@@ -65,10 +65,10 @@ def directional_energy(patches: np.ndarray) -> np.ndarray:
 
 
 def structure_tensor(patches: np.ndarray) -> np.ndarray:
-    """float64 (N, 3): each (N, P, P) patch's (uint8 or float32) mean gx², gy², gx·gy (Sobel 3 × 3 over 8, grey levels per pixel;
-    the outer two pixels left out so that no border counts)."""
+    """float64 (N, 3): each uint8 or float32 (N, P, P) patch's mean gx², gy², gx·gy (Sobel 3 × 3 over 8, grey levels
+    per pixel; the outer two pixels left out so that no border counts)."""
     x = np.asarray(patches)
-    n, h, w = x.shape if x.ndim == 3 else (len(x), 0, 0)
+    n, h, w = x.shape
     if n == 0 or min(h, w) < 5:
         return np.zeros((n, 3))
     # All patches stacked into one tall picture, one Sobel call each way: the pixels kept are two or more from a
@@ -134,10 +134,10 @@ def line_pitch(gray: np.ndarray) -> tuple[float, float]:
 
 
 def native_measures(patches: np.ndarray, analysis: np.ndarray, full_shape: tuple[int, int],
-                    grid_shape: tuple[int, int] = (1, 1), cells: np.ndarray | None = None) -> np.ndarray:
+                    grid_shape: tuple[int, int], cells: np.ndarray) -> np.ndarray:
     """float32 (len(NATIVE_EXTRA_NAMES),) of a native-scale job: its chosen uint8 (N, P, P) full-resolution
     ``patches``, the analysis-scale grey picture, the full image's (H, W), and where the patches lie: the cell
-    grid's (rows, cols) and each patch's cell, int (N,) in row-major order (all in one cell when not given)."""
+    grid's (rows, cols) and each patch's cell, int (N,) in row-major order."""
     per_patch = directional_energy(patches)
     e = per_patch.mean(axis=0) if len(per_patch) else np.zeros((4, 2))
     lo, hi = e.min(axis=0), e.max(axis=0)
@@ -145,11 +145,10 @@ def native_measures(patches: np.ndarray, analysis: np.ndarray, full_shape: tuple
     pitch_full = pitch * min(full_shape) / max(1, min(np.asarray(analysis).shape[:2]))
     tensor = structure_tensor(patches)
     measures, rel = tensor_measures(patches, tensor)
-    cells = np.zeros(len(patches), int) if cells is None else np.asarray(cells)
     return np.array([np.log1p(lo[0]), np.log1p(hi[0]) - np.log1p(lo[0]), np.log1p(lo[1]),
                      np.log1p(hi[1]) - np.log1p(lo[1]), np.log1p(pitch_full), strength,
-                     *measures, *region_contrast(rel, grid_shape, cells), *reblur_measures(patches, tensor)],
-                    np.float32)
+                     *measures, *region_contrast(rel, grid_shape, np.asarray(cells)),
+                     *reblur_measures(patches, tensor)], np.float32)
 
 
 def tensor_measures(patches: np.ndarray, tensor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +213,9 @@ def gaussian_blur_each(patches: np.ndarray, sigma: float) -> np.ndarray:
 
 def reblur_measures(patches: np.ndarray, tensor: np.ndarray | None = None) -> np.ndarray:
     """float64 (9,): for each σ of REBLUR_SIGMAS, the 25/50/75 % quantiles over uint8 (N, P, P) patches of
-    log(gradient energy after a further Gaussian blur of σ px / before) (gaussian_blur_each). A further blur takes little from a patch
-    that is soft already, so this measures the blur's extent in full-resolution pixels whatever the content.
+    log(gradient energy after a further Gaussian blur of σ px (gaussian_blur_each) / before). A further blur takes
+    little from a patch that is soft already, so this measures the blur's extent in full-resolution pixels whatever
+    the content.
     ``tensor``: the patches' structure_tensor, when it is at hand."""
     if len(patches) == 0:
         return np.zeros(3 * len(REBLUR_SIGMAS))
@@ -228,6 +228,6 @@ def reblur_measures(patches: np.ndarray, tensor: np.ndarray | None = None) -> np
     return np.array(out)
 
 
-__all__ = ["NATIVE_EXTRA_NAMES", "REBLUR_SIGMAS", "directional_energy", "frame_regions", "gaussian_blur_each", "line_pitch",
-           "native_measures", "reblur_measures", "region_contrast", "structure_tensor", "tensor_eigenvalues",
-           "tensor_measures"]
+__all__ = ["NATIVE_EXTRA_NAMES", "REBLUR_SIGMAS", "directional_energy", "frame_regions", "gaussian_blur_each",
+           "line_pitch", "native_measures", "reblur_measures", "region_contrast", "structure_tensor",
+           "tensor_eigenvalues", "tensor_measures"]
