@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -325,10 +325,12 @@ class BlurDetector:
         size, which only documents pay for)."""
         scale = self._scale(scale)
         decoded = load_image(path, "L", self.analysis_side, native=True, keep_full=scale == "native")
-        if (scale == "auto" and self.meta_native is not None and self.classify(decoded.pixels) == "document"
-                and _reduced(decoded)):
+        if scale != "auto" or self.meta_native is None:
+            return decoded
+        content = self.classify(decoded.pixels)  # kept on the result: prepare() does not ask again
+        if content == "document" and _reduced(decoded):
             decoded = load_image(path, "L", self.analysis_side, native=True, keep_full=True)
-        return decoded
+        return replace(decoded, content=content)
 
     def predict_decoded(self, decoded: Sequence[Decoded], with_map: bool = True, scale: str | None = None
                         ) -> list[BlurResult]:
@@ -363,7 +365,7 @@ class BlurDetector:
             decoded = self.decode(item, scale)
         else:
             decoded = decoded_array(to_gray(item), self.analysis_side, keep_full=scale != "screen")
-        content = self.classify(decoded.pixels)
+        content = decoded.content if decoded.content is not None else self.classify(decoded.pixels)
         # 'auto' judges a document at native scale only with a model that has a native-scale meta-network.
         native = scale == "native" or (scale == "auto" and content == "document" and self.meta_native is not None)
         if native and _reduced(decoded):

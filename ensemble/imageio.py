@@ -117,7 +117,9 @@ class Decoded:
     ``pixels`` were reduced, for the noise estimate, which the reduction averages away; empty otherwise. ``full``
     is the whole image at its original resolution, in ``pixels``' mode, when it was asked for (``keep_full``: an
     image judged at native scale) and ``pixels`` were reduced; None otherwise (``pixels`` are then the full image,
-    or it was not asked for).
+    or it was not asked for). ``content`` is what a content classifier found in ``pixels`` ('photo' or 'document')
+    when one has looked already (BlurDetector.decode at scale 'auto' does, to choose the decode), so that it is not
+    asked twice; None otherwise.
     """
 
     pixels: np.ndarray
@@ -126,6 +128,7 @@ class Decoded:
     draft: int = 1
     native: tuple = ()
     full: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    content: Optional[str] = None
 
     @property
     def full_pixels(self) -> np.ndarray:

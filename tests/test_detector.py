@@ -142,3 +142,40 @@ def test_keras_files_load_in_safe_mode():
     from ensemble.runtime import load_keras
 
     assert load_keras(Path(ROOT) / "model" / "cnn.keras").name == "patch_cnn"
+
+
+class _CountingContent:
+    """The shipped content classifier, counting its calls."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def classify(self, gray):
+        self.calls += 1
+        return self.model.classify(gray)
+
+
+def _counted(detector) -> tuple[BlurDetector, _CountingContent]:
+    counting = _CountingContent(detector.content)
+    return BlurDetector(detector.cnn, detector.meta, detector.metadata, kind=detector.kind,
+                        meta_native=detector.meta_native, content=counting, scale="auto"), counting
+
+
+def test_auto_asks_the_content_classifier_once_a_photo(detector, photo, tmp_path):
+    path = save_jpeg(tmp_path / "big.jpg", np.repeat(np.repeat(photo, 2, axis=0), 2, axis=1))
+    counted, counting = _counted(detector)
+    result = counted.predict_path(path, with_map=False)
+    assert (result.content, result.scale, counting.calls) == ("photo", "screen", 1)
+    assert result.record() == detector.predict_path(path, with_map=False, scale="auto").record()
+
+
+def test_auto_asks_the_content_classifier_once_a_page_and_judges_it_at_native_scale(detector, tmp_path):
+    from ensemble import documents
+    from fixtures import require_fonts
+
+    require_fonts()
+    spec = documents.sample_spec(np.random.default_rng(5), "heldout", dpi=200)
+    path = save_jpeg(tmp_path / "page.jpg", documents.make_page(spec).gray)
+    counted, counting = _counted(detector)
+    result = counted.predict_path(path, with_map=False)
+    assert (result.content, result.scale, counting.calls) == ("document", "native", 1)
