@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--kind-max-epochs", type=positive_int, default=300, help="epoch limit of each kind-head network")
     p.add_argument("--content-pages", type=positive_int, default=600,
                    help="rendered pages (training fonts and layouts) the content classifier learns documents from")
-    p.add_argument("--native-pages", type=positive_int, default=1500,
+    p.add_argument("--native-pages", type=positive_int, default=3000,
                    help="rendered pages the native-scale meta-network learns from (those within 15 %% of the OCR "
                         "boundary are left out)")
     p.add_argument("--native-photo-copies", type=positive_int, default=2,

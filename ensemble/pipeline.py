@@ -460,7 +460,7 @@ Seeds 2200 and 2300 were looked at while the native measures were designed (2300
 structure-tensor measures), so they are not used for figures."""
 
 
-def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 1500,
+def train_native_stage(train_pkl: str | Path, model_dir: str | Path, out_dir: str | Path, pages: int = 3000,
                        photo_copies: int = 2, folds: int = 5, members: int = 3, max_epochs: int = 400,
                        patience: int = 40, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     """Train the native-scale meta-network; write ``out_dir``/meta_native.keras, meta_native.onnx and native.json.

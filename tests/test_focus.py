@@ -213,3 +213,22 @@ def test_blurring_stacked_patches_matches_blurring_each_alone():
         r = int(np.ceil(3 * sigma))
         want = np.stack([cv2.GaussianBlur(p.astype(np.float32), (2 * r + 1, 2 * r + 1), sigma) for p in x])
         np.testing.assert_allclose(gaussian_blur_each(x, sigma), want, atol=1e-3)
+
+
+def test_line_pitch_zero_follows_the_ink_height():
+    from ensemble.native_focus import line_pitch
+
+    def lines(pitch, band):
+        g = np.full((640, 480), 230, np.uint8)
+        for top in range(10, 630 - band, pitch):
+            g[top:top + band, 40:440] = 30
+        return g
+
+    zeros = {}
+    for pitch, band in ((16, 5), (22, 6), (22, 9), (30, 8), (30, 12), (40, 10)):
+        found, strength, zero = line_pitch(lines(pitch, band))
+        assert found == pitch and strength > 0.8
+        assert zero == pytest.approx(band * (1 - band / pitch), rel=0.1)  # a pulse train's autocorrelation
+        zeros[pitch, band] = zero
+    assert zeros[22, 9] > zeros[22, 6] and zeros[30, 12] > zeros[30, 8]  # taller ink, the same pitch: later
+    assert line_pitch(np.full((640, 480), 128, np.uint8)) == (0.0, 0.0, 0.0)
