@@ -85,7 +85,8 @@ def large_images(photos):
 
 @pytest.mark.xfail(strict=True, reason="the native model of 2026-12-03 (twenty-six measures, 3,000 pages) lets P "
                    "fall by up to 0.019 on these images, at P >= 0.95 where no verdict changes (a large photo: "
-                   "0.999 at sigma 6 to 0.979 at sigma 32; beyond the blur its training material reaches); "
+                   "0.999 at sigma 6 to 0.979 at sigma 32); training on blur further out did not fix it "
+                   "(docs/native-scale.md); "
                    "issue 20 stays open for it")
 def test_native_probability_never_falls_as_gaussian_blur_grows(native_detector, large_images):
     worst = []
